@@ -1,0 +1,141 @@
+"""Keras callbacks: the per-epoch pseudo-label pass (the IFND part) and checkpointing."""
+import time
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ifnd_tf import clustering, diagnostics
+
+
+class DatasetEmbedder:
+    """Inference-mode encoder outputs for every (index, image) example, placed by index.
+
+    Batches are split over replicas and gathered back with their indices, so the result does
+    not depend on how many replicas ran or in which order their batches came back. The step is
+    traced once and reused every epoch.
+    """
+
+    def __init__(self, encoder: keras.Model, strategy: tf.distribute.Strategy,
+                 output: str = "embedding"):
+        self.encoder = encoder
+        self.strategy = strategy
+        self.output = output
+        self.dim = encoder.output[output].shape[-1]
+
+        @tf.function(reduce_retracing=True)
+        def embed_batch(index, images):
+            def on_replica(index, images):
+                return index, encoder(images, training=False)[output]
+            index, values = strategy.run(on_replica, args=(index, images))
+            return strategy.gather(index, axis=0), strategy.gather(values, axis=0)
+
+        self._embed_batch = embed_batch
+
+    def __call__(self, dataset: tf.data.Dataset, num_examples: int) -> np.ndarray:
+        result = np.zeros((num_examples, self.dim), np.float32)
+        seen = np.zeros(num_examples, bool)
+        for index, images in self.strategy.experimental_distribute_dataset(dataset):
+            index, values = self._embed_batch(index, images)
+            result[index.numpy()] = values.numpy()
+            seen[index.numpy()] = True
+        if not seen.all():
+            raise RuntimeError(f"embedding pass covered {seen.sum()} of {num_examples} examples")
+        return result
+
+
+class PseudoLabelCallback(keras.callbacks.Callback):
+    """At each epoch start after warm-up: embed, cluster, accept the top alpha, fill the table.
+
+    Writes accepted labels into `model.pseudo_labels` (levels x N, -1 = none). Prints and writes
+    to TensorBoard (log_dir, tags ifnd/*) alpha, the accepted fraction and cluster sizes per
+    level, and the pair precision / recall of the false negatives the loss will now mask (only
+    when true labels are given; they are never trained on). alpha and fn_precision / fn_recall
+    also join the epoch logs, so they show on the progress line.
+    """
+
+    def __init__(self, embedding_data: tf.data.Dataset, num_examples: int,
+                 num_clusters: Sequence[int], total_epochs: int, warmup_epochs: int,
+                 alpha_start: float, alpha_end: float, alpha_shape: str, backend: str,
+                 seed: int, strategy: tf.distribute.Strategy, kmeans_iterations: int = 20,
+                 max_points_per_centroid: int = 256, true_labels: np.ndarray | None = None,
+                 log_dir: str | None = None, verbose: bool = True):
+        super().__init__()
+        self.embedding_data = embedding_data
+        self.num_examples = num_examples
+        self.num_clusters = list(num_clusters)
+        self.schedule = dict(total_epochs=total_epochs, warmup_epochs=warmup_epochs,
+                             start=alpha_start, end=alpha_end, shape=alpha_shape)
+        self.kmeans = dict(backend=backend, iterations=kmeans_iterations,
+                           max_points_per_centroid=max_points_per_centroid)
+        self.seed = seed
+        self.strategy = strategy
+        self.embedder: DatasetEmbedder | None = None  # made once the model is set
+        self.true_labels = true_labels
+        self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
+        self.verbose = verbose
+        self.epoch_logs: dict[str, float] = {}
+        self.details: dict[str, float] = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        alpha = clustering.acceptance_rate(epoch, **self.schedule)
+        self.epoch_logs, self.details = {"alpha": alpha}, {}
+        if alpha > 0:
+            self._update_pseudo_labels(epoch, alpha)
+        else:
+            self.model.pseudo_labels.assign(tf.fill(self.model.pseudo_labels.shape, -1))
+        everything = {**self.epoch_logs, **self.details}
+        if self.writer is not None:
+            with self.writer.as_default(step=epoch):
+                for name, value in everything.items():
+                    tf.summary.scalar(f"ifnd/{name}", value)
+            self.writer.flush()
+        if self.verbose:
+            print(f"IFND epoch {epoch + 1}: " + ", ".join(
+                f"{k}={v:.4g}" for k, v in everything.items()), flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Headline numbers join the progress line and the TensorBoard callback's scalars."""
+        if logs is not None:
+            logs.update(self.epoch_logs)
+
+    def _update_pseudo_labels(self, epoch: int, alpha: float) -> None:
+        start = time.perf_counter()
+        if self.embedder is None:
+            self.embedder = DatasetEmbedder(self.model.key_encoder, self.strategy)
+        embeddings = self.embedder(self.embedding_data, self.num_examples)
+        labels, stats = clustering.hierarchical_pseudo_labels(
+            embeddings, self.num_clusters, alpha, seed=self.seed + 1000 * epoch, **self.kmeans)
+        self.model.pseudo_labels.assign(labels)
+        self.details["clustering_seconds"] = time.perf_counter() - start
+        for level in stats:
+            self.details[f"accepted_k{level.k}"] = level.accepted_fraction
+            self.details[f"largest_cluster_k{level.k}"] = level.largest_cluster
+            self.details[f"median_cluster_k{level.k}"] = level.median_cluster
+            self.details[f"smallest_cluster_k{level.k}"] = level.smallest_cluster
+        if self.true_labels is not None:
+            quality = diagnostics.false_negative_quality(labels, self.true_labels)
+            self.epoch_logs["fn_precision"] = quality.precision
+            self.epoch_logs["fn_recall"] = quality.recall
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to the epoch logs (TensorBoard, progress)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves model, key encoder, queue, label table, optimizer and epoch after every epoch."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, epoch_counter: tf.Variable):
+        super().__init__()
+        self.manager = manager
+        self.epoch_counter = epoch_counter
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_counter.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)

@@ -1,0 +1,146 @@
+"""Pseudo-labels from a hierarchy of k-means clusterings, accepted incrementally.
+
+k-means backends only fit centroids on (a sample of) the embeddings; assignment, the
+confidence score and the per-cluster top-alpha acceptance are shared code, so every backend
+produces labels by the same rule.
+"""
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+BACKENDS = ("faiss", "sklearn", "tf")
+SCHEDULE_SHAPES = ("linear", "cosine")
+UNLABELED = -1
+_ASSIGN_CHUNK = 8192
+
+
+def acceptance_rate(epoch: int, total_epochs: int, warmup_epochs: int, start: float = 0.0,
+                    end: float = 1.0, shape: str = "linear") -> float:
+    """Fraction alpha of samples whose pseudo-label is accepted at `epoch` (0-based).
+
+    alpha is 0 during warm-up; from the first epoch after it, alpha grows from `start` towards
+    `end` and reaches `end` exactly at the last epoch (the incremental part of IFND).
+    """
+    if epoch < warmup_epochs:
+        return 0.0
+    progress = (epoch - warmup_epochs + 1) / max(total_epochs - warmup_epochs, 1)
+    progress = min(progress, 1.0)
+    if shape == "cosine":
+        progress = 0.5 * (1.0 - math.cos(math.pi * progress))
+    elif shape != "linear":
+        raise ValueError(f"--alpha_shape must be one of {SCHEDULE_SHAPES}, got {shape!r}")
+    return start + (end - start) * progress
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _fit_faiss(x: np.ndarray, k: int, seed: int, iterations: int) -> np.ndarray:
+    import faiss  # optional dependency, imported only when chosen
+
+    kmeans = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, spherical=True,
+                          max_points_per_centroid=x.shape[0], verbose=False)
+    kmeans.train(np.ascontiguousarray(x, dtype=np.float32))
+    return kmeans.centroids
+
+
+def _fit_sklearn(x: np.ndarray, k: int, seed: int, iterations: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    kmeans = KMeans(n_clusters=k, init="random", n_init=1, max_iter=iterations,
+                    random_state=seed, algorithm="lloyd")
+    return kmeans.fit(x).cluster_centers_.astype(np.float32)
+
+
+def _fit_tf(x: np.ndarray, k: int, seed: int, iterations: int) -> np.ndarray:
+    """Spherical Lloyd iterations as matmuls: runs on a GPU with no extra dependency."""
+    rng = np.random.default_rng(seed)
+    points = tf.constant(x, tf.float32)
+    centroids = tf.gather(points, rng.choice(x.shape[0], size=k, replace=False))
+    for _ in range(iterations):
+        assign = tf.argmax(tf.matmul(points, centroids, transpose_b=True), axis=1)
+        sums = tf.math.unsorted_segment_sum(points, assign, k)
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(assign, tf.float32), assign, k)
+        # An empty cluster keeps its previous centroid.
+        centroids = tf.where(counts[:, None] > 0, tf.math.l2_normalize(sums, axis=1), centroids)
+    return centroids.numpy()
+
+
+_FITTERS = {"faiss": _fit_faiss, "sklearn": _fit_sklearn, "tf": _fit_tf}
+
+
+def fit_centroids(embeddings: np.ndarray, k: int, backend: str, seed: int, iterations: int = 20,
+                  max_points_per_centroid: int = 256) -> np.ndarray:
+    """k L2-normalised centroids fitted on at most k * max_points_per_centroid samples."""
+    n = embeddings.shape[0]
+    if not 1 < k <= n:
+        raise ValueError(f"--num_clusters: k={k} must be in [2, number of samples={n}]")
+    if backend not in _FITTERS:
+        raise ValueError(f"--kmeans_backend must be one of {BACKENDS}, got {backend!r}")
+    sample_size = min(n, k * max_points_per_centroid)
+    sample = embeddings
+    if sample_size < n:
+        sample = embeddings[np.random.default_rng(seed).choice(n, sample_size, replace=False)]
+    return _l2_normalize(_FITTERS[backend](sample, k, seed, iterations))
+
+
+def assign_with_confidence(embeddings: np.ndarray,
+                           centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid by cosine, and the margin cos(own) - cos(nearest other) as confidence."""
+    assign = np.empty(embeddings.shape[0], np.int64)
+    margin = np.empty(embeddings.shape[0], np.float32)
+    for lo in range(0, embeddings.shape[0], _ASSIGN_CHUNK):
+        sims = embeddings[lo:lo + _ASSIGN_CHUNK] @ centroids.T
+        top2 = np.argpartition(-sims, 1, axis=1)[:, :2]
+        top2_sims = np.take_along_axis(sims, top2, axis=1)
+        first = np.argmax(top2_sims, axis=1)
+        assign[lo:lo + _ASSIGN_CHUNK] = top2[np.arange(len(top2)), first]
+        margin[lo:lo + _ASSIGN_CHUNK] = np.abs(top2_sims[:, 0] - top2_sims[:, 1])
+    return assign, margin
+
+
+def accept_top_fraction(assign: np.ndarray, confidence: np.ndarray, alpha: float) -> np.ndarray:
+    """Keep the label of the round(alpha * size) most confident members of each cluster."""
+    order = np.lexsort((-confidence, assign))  # by cluster, then confidence descending
+    sorted_clusters = assign[order]
+    cluster_start = np.searchsorted(sorted_clusters, sorted_clusters, side="left")
+    rank_in_cluster = np.arange(len(order)) - cluster_start
+    sizes = np.bincount(assign)
+    quota = np.floor(alpha * sizes + 0.5).astype(np.int64)
+    accepted = np.empty(len(order), bool)
+    accepted[order] = rank_in_cluster < quota[sorted_clusters]
+    return np.where(accepted, assign, UNLABELED).astype(np.int32)
+
+
+@dataclasses.dataclass
+class LevelStats:
+    """What one hierarchy level did, for logs."""
+
+    k: int
+    accepted_fraction: float
+    smallest_cluster: int
+    median_cluster: float
+    largest_cluster: int
+
+
+def hierarchical_pseudo_labels(embeddings: np.ndarray, ks: Sequence[int], alpha: float,
+                               backend: str, seed: int, iterations: int = 20,
+                               max_points_per_centroid: int = 256
+                               ) -> tuple[np.ndarray, list[LevelStats]]:
+    """Accepted pseudo-labels [levels, N] (-1 = not accepted) for each k in `ks`."""
+    embeddings = _l2_normalize(np.asarray(embeddings, np.float32))
+    labels, stats = [], []
+    for level, k in enumerate(ks):
+        centroids = fit_centroids(embeddings, k, backend, seed + level, iterations,
+                                  max_points_per_centroid)
+        assign, confidence = assign_with_confidence(embeddings, centroids)
+        accepted = accept_top_fraction(assign, confidence, alpha)
+        sizes = np.bincount(assign, minlength=k)
+        labels.append(accepted)
+        stats.append(LevelStats(k, float(np.mean(accepted >= 0)), int(sizes.min()),
+                                float(np.median(sizes)), int(sizes.max())))
+    return np.stack(labels), stats

@@ -1,0 +1,123 @@
+"""Every flag of ifnd_tf in one place, with the checks that need no data.
+
+Checks that need the dataset (k larger than the dataset, queue vs dataset size) live in
+`validate_against_data`, called once the dataset is loaded. Each failure is one line that names
+the flag.
+"""
+from absl import flags
+
+from ifnd_tf import clustering, losses, model
+
+FLAGS = flags.FLAGS
+
+# Data
+flags.DEFINE_string("dataset", "fashion_mnist",
+                    "fashion_mnist (offline, Debian package) | digits | folder:/path | TFDS name.")
+flags.DEFINE_string("data_dir", None, "Where the data lives (TFDS data_dir or IDX folder).")
+flags.DEFINE_bool("download", False, "Let TFDS download the dataset (needs network).")
+flags.DEFINE_integer("image_size", 28, "Side of the square training crops.")
+flags.DEFINE_bool("cache_images", True, "Cache decoded images in memory (TFDS / folder).")
+
+# Model
+flags.DEFINE_enum("backbone", "small", sorted(model.BACKBONES), "Encoder backbone.")
+flags.DEFINE_float("width_multiplier", 1.0, "Channel width multiplier of the backbone.")
+flags.DEFINE_integer("embedding_dim", 128, "Output size of the projection head.")
+flags.DEFINE_bool("sync_bn", True, "Synchronise BatchNorm statistics across replicas.")
+flags.DEFINE_integer("key_bn_splits", 4,
+                     "Shuffle-BN on one replica: normalise the shuffled key batch in this many "
+                     "groups (1 = off). Must divide the per-replica batch.")
+
+# MoCo v2
+flags.DEFINE_integer("epochs", 10, "Training epochs.")
+flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0 = one pass over the data.")
+flags.DEFINE_integer("batch_size", 256, "Global batch size (all replicas).")
+flags.DEFINE_float("learning_rate", 0.03, "Base SGD learning rate for batch 256 (scaled linearly).")
+flags.DEFINE_float("sgd_momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay added to the gradients.")
+flags.DEFINE_float("temperature", 0.2, "InfoNCE temperature.")
+flags.DEFINE_float("moco_momentum", 0.999, "EMA momentum of the key encoder.")
+flags.DEFINE_integer("queue_size", 4096, "Number of negative keys; a multiple of batch_size.")
+
+# IFND
+flags.DEFINE_bool("ifnd", True, "Detect false negatives; False = plain MoCo v2.")
+flags.DEFINE_enum("fn_strategy", losses.ELIMINATION, list(losses.FALSE_NEGATIVE_STRATEGIES),
+                  "What to do with detected false negatives.")
+flags.DEFINE_list("num_clusters", ["10", "20", "50"], "k of each hierarchy level.")
+flags.DEFINE_integer("warmup_epochs", 1, "Epochs before the first clustering (alpha = 0).")
+flags.DEFINE_float("alpha_start", 0.0, "Acceptance rate the schedule grows from.")
+flags.DEFINE_float("alpha_end", 1.0, "Acceptance rate at the last epoch.")
+flags.DEFINE_enum("alpha_shape", "linear", list(clustering.SCHEDULE_SHAPES),
+                  "Shape of the acceptance-rate schedule.")
+flags.DEFINE_enum("kmeans_backend", "faiss", list(clustering.BACKENDS), "k-means implementation.")
+flags.DEFINE_integer("kmeans_iterations", 20, "Lloyd iterations per k-means.")
+flags.DEFINE_integer("kmeans_max_points_per_centroid", 256,
+                     "k-means is fitted on at most k times this many samples.")
+flags.DEFINE_integer("embed_batch_size", 1024, "Batch size of the clustering embedding pass.")
+
+# Runtime
+flags.DEFINE_string("model_dir", "/tmp/ifnd_tf", "Checkpoints, logs, flags.json and export.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("cpu_replicas", 1,
+                     "Without GPUs: split the CPU into this many logical devices (MirroredStrategy).")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],
+                  "XLA for the train step; auto = on for exactly one GPU.")
+flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
+                  "Mixed-precision policy of the encoders.")
+flags.DEFINE_bool("export", True, "Export the encoder as a SavedModel after training.")
+flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (2 = one line per epoch).")
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def cluster_counts() -> list[int]:
+    try:
+        ks = [int(k) for k in FLAGS.num_clusters]
+    except ValueError as e:
+        raise ConfigError(f"--num_clusters must be integers, got {FLAGS.num_clusters}") from e
+    _check(len(ks) > 0 and all(k >= 2 for k in ks), "--num_clusters: each k must be >= 2")
+    return ks
+
+
+def validate_flags(num_replicas: int) -> None:
+    """Static checks of the flag values, before any data is read."""
+    f = FLAGS
+    _check(f.epochs >= 1, f"--epochs must be >= 1, got {f.epochs}")
+    _check(f.batch_size >= 2, f"--batch_size must be >= 2, got {f.batch_size}")
+    _check(f.batch_size % num_replicas == 0,
+           f"--batch_size={f.batch_size} must be a multiple of the {num_replicas} replicas")
+    _check(f.queue_size > 0 and f.queue_size % f.batch_size == 0,
+           f"--queue_size={f.queue_size} must be a positive multiple of --batch_size={f.batch_size}")
+    local_batch = f.batch_size // num_replicas
+    _check(f.key_bn_splits >= 1 and local_batch % f.key_bn_splits == 0,
+           f"--key_bn_splits={f.key_bn_splits} must divide the per-replica batch {local_batch}")
+    _check(0.0 <= f.alpha_start <= 1.0, f"--alpha_start must be in [0, 1], got {f.alpha_start}")
+    _check(0.0 <= f.alpha_end <= 1.0, f"--alpha_end must be in [0, 1], got {f.alpha_end}")
+    _check(0 <= f.warmup_epochs < f.epochs or not f.ifnd,
+           f"--warmup_epochs={f.warmup_epochs} must be in [0, --epochs={f.epochs})")
+    _check(f.temperature > 0, f"--temperature must be > 0, got {f.temperature}")
+    _check(0.0 <= f.moco_momentum < 1.0, f"--moco_momentum must be in [0, 1), got {f.moco_momentum}")
+    _check(f.learning_rate > 0, f"--learning_rate must be > 0, got {f.learning_rate}")
+    _check(f.width_multiplier > 0, f"--width_multiplier must be > 0, got {f.width_multiplier}")
+    _check(f.image_size >= 8, f"--image_size must be >= 8, got {f.image_size}")
+    _check(f.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {f.steps_per_epoch}")
+    _check(f.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {f.cpu_replicas}")
+    if f.ifnd:
+        cluster_counts()
+
+
+def validate_against_data(num_examples: int) -> None:
+    """Checks that need the dataset size."""
+    f = FLAGS
+    _check(num_examples >= f.batch_size,
+           f"--batch_size={f.batch_size} is larger than the dataset ({num_examples} examples)")
+    if f.ifnd:
+        too_big = [k for k in cluster_counts() if k > num_examples]
+        _check(not too_big, f"--num_clusters: k={too_big} larger than the dataset "
+                            f"({num_examples} examples)")

@@ -1,0 +1,59 @@
+"""How good are the detected false negatives? Measured against true labels, never trained on.
+
+A pair of distinct samples (i, j) is *detected* when they share an accepted pseudo-label at
+some hierarchy level (exactly the rule the loss uses), and is a *true* false negative when
+they share a true class. Counts are exact, over all N(N-1)/2 pairs, via inclusion-exclusion
+over levels, in O(N * 2^levels).
+"""
+import dataclasses
+import itertools
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class FalseNegativeQuality:
+    """Pair-level precision and recall of detected false negatives."""
+
+    precision: float
+    recall: float
+    detected_pairs: int
+    true_pairs: int
+
+
+def _pairs_sharing_all(columns: list[np.ndarray]) -> int:
+    """Number of unordered pairs that agree on every column (rows with any -1 excluded)."""
+    keys = np.stack(columns, axis=1)
+    keys = keys[np.all(keys >= 0, axis=1)]
+    if len(keys) < 2:
+        return 0
+    _, counts = np.unique(keys, axis=0, return_counts=True)
+    return int(np.sum(counts * (counts - 1) // 2))
+
+
+def _pairs_sharing_any_level(pseudo_labels: np.ndarray, extra: list[np.ndarray]) -> int:
+    """|union over levels of pairs sharing that level's label|, each pair also sharing `extra`."""
+    total = 0
+    levels = range(pseudo_labels.shape[0])
+    for size in range(1, pseudo_labels.shape[0] + 1):
+        sign = 1 if size % 2 else -1
+        for subset in itertools.combinations(levels, size):
+            total += sign * _pairs_sharing_all([pseudo_labels[l] for l in subset] + extra)
+    return total
+
+
+def false_negative_quality(pseudo_labels: np.ndarray, true_labels: np.ndarray) -> FalseNegativeQuality:
+    """Precision / recall of the pairs the loss would treat as false negatives.
+
+    Args:
+      pseudo_labels: int [levels, N], -1 = no accepted label.
+      true_labels: int [N].
+    """
+    pseudo_labels = np.atleast_2d(np.asarray(pseudo_labels, np.int64))
+    true_labels = np.asarray(true_labels, np.int64)
+    detected = _pairs_sharing_any_level(pseudo_labels, [])
+    correct = _pairs_sharing_any_level(pseudo_labels, [true_labels])
+    true_pairs = _pairs_sharing_all([true_labels])
+    precision = correct / detected if detected else 0.0
+    recall = correct / true_pairs if true_pairs else 0.0
+    return FalseNegativeQuality(precision, recall, detected, true_pairs)

@@ -1,0 +1,74 @@
+"""Contrastive losses with false-negative handling.
+
+All functions are pure: they take similarities and labels and return tensors, so the
+method's core can be tested against hand-computed numbers.
+"""
+import tensorflow as tf
+
+ELIMINATION = "elimination"
+ATTRACTION = "attraction"
+FALSE_NEGATIVE_STRATEGIES = (ELIMINATION, ATTRACTION)
+
+# Large finite stand-in for -inf: keeps logsumexp and argmax free of NaN.
+_MASKED_LOGIT = -1e9
+
+
+def false_negative_mask(anchor_labels: tf.Tensor, queue_labels: tf.Tensor) -> tf.Tensor:
+    """Which queue entries share an accepted pseudo-label with each anchor.
+
+    Args:
+      anchor_labels: int [levels, batch], -1 where the anchor has no accepted label.
+      queue_labels: int [levels, queue], -1 where the entry has no accepted label.
+    Returns:
+      bool [batch, queue]: True where anchor and entry agree at any level (union over the
+      hierarchy). Unlabeled (-1) never matches anything, not even another -1.
+    """
+    same = tf.equal(anchor_labels[:, :, None], queue_labels[:, None, :])
+    labeled = tf.greater_equal(anchor_labels, 0)[:, :, None]
+    return tf.reduce_any(tf.logical_and(same, labeled), axis=0)
+
+
+def contrastive_logits(query: tf.Tensor, key: tf.Tensor, queue: tf.Tensor,
+                       temperature: float) -> tf.Tensor:
+    """MoCo logits [batch, 1 + queue]: column 0 is the positive key, then the queue."""
+    positive = tf.reduce_sum(query * key, axis=1, keepdims=True)
+    negatives = tf.matmul(query, queue, transpose_b=True)
+    return tf.concat([positive, negatives], axis=1) / temperature
+
+
+def _with_positive_column(mask: tf.Tensor, positive: bool) -> tf.Tensor:
+    column = tf.fill([tf.shape(mask)[0], 1], positive)
+    return tf.concat([column, mask], axis=1)
+
+
+def ifnd_loss(logits: tf.Tensor, fn_mask: tf.Tensor, strategy: str = ELIMINATION) -> tf.Tensor:
+    """Per-anchor InfoNCE where detected false negatives are handled by `strategy`.
+
+    Args:
+      logits: [batch, 1 + queue] from `contrastive_logits`.
+      fn_mask: bool [batch, queue] from `false_negative_mask`.
+      strategy: "elimination" removes masked entries from the denominator;
+        "attraction" treats them as extra positives and averages -log p over the positive set
+        (SupCon style) with the full denominator.
+    Returns:
+      float [batch]; with an all-False mask both strategies equal plain InfoNCE.
+    """
+    if strategy == ELIMINATION:
+        kept = masked_logits_for_elimination(logits, fn_mask)
+        return tf.reduce_logsumexp(kept, axis=1) - logits[:, 0]
+    if strategy == ATTRACTION:
+        positives = tf.cast(_with_positive_column(fn_mask, True), logits.dtype)
+        log_prob = logits - tf.reduce_logsumexp(logits, axis=1, keepdims=True)
+        return -tf.reduce_sum(positives * log_prob, axis=1) / tf.reduce_sum(positives, axis=1)
+    raise ValueError(f"--fn_strategy must be one of {FALSE_NEGATIVE_STRATEGIES}, got {strategy!r}")
+
+
+def masked_logits_for_elimination(logits: tf.Tensor, fn_mask: tf.Tensor) -> tf.Tensor:
+    """Logits with detected false negatives pushed to a huge negative value (out of the softmax)."""
+    drop = _with_positive_column(fn_mask, False)
+    return tf.where(drop, tf.constant(_MASKED_LOGIT, logits.dtype), logits)
+
+
+def contrastive_accuracy(logits: tf.Tensor) -> tf.Tensor:
+    """Fraction of anchors whose positive key (column 0) has the largest logit."""
+    return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, axis=1), 0), tf.float32))

@@ -1,0 +1,211 @@
+"""Encoders and the momentum-contrast model whose train_step applies the IFND mask.
+
+The encoder maps images in [0, 1] to {"features": backbone output, "embedding": L2-normalised
+head output}. `MomentumContrast` holds the query encoder, its EMA copy (the key encoder), the
+queue of keys with the dataset index of each, and the pseudo-label table written by
+`callbacks.PseudoLabelCallback`.
+"""
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from ifnd_tf import losses
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _batch_norm(sync_bn: bool, name: str) -> keras.layers.Layer:
+    # synchronized=True keeps moving statistics identical across replicas (plain BN drifts).
+    return keras.layers.BatchNormalization(synchronized=sync_bn, momentum=0.9, epsilon=1e-5,
+                                           name=name)
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, sync_bn: bool, name: str, relu=True):
+    x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False,
+                            kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = _batch_norm(sync_bn, f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def _basic_block(x, filters: int, stride: int, sync_bn: bool, name: str):
+    shortcut = x
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = _conv_bn(x, filters, 1, stride, sync_bn, f"{name}_proj", relu=False)
+    x = _conv_bn(x, filters, 3, stride, sync_bn, f"{name}_a")
+    x = _conv_bn(x, filters, 3, 1, sync_bn, f"{name}_b", relu=False)
+    return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
+
+
+def _bottleneck_block(x, filters: int, stride: int, sync_bn: bool, name: str):
+    shortcut = x
+    if stride != 1 or x.shape[-1] != 4 * filters:
+        shortcut = _conv_bn(x, 4 * filters, 1, stride, sync_bn, f"{name}_proj", relu=False)
+    x = _conv_bn(x, filters, 1, 1, sync_bn, f"{name}_a")
+    x = _conv_bn(x, filters, 3, stride, sync_bn, f"{name}_b")
+    x = _conv_bn(x, 4 * filters, 1, 1, sync_bn, f"{name}_c", relu=False)
+    return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
+
+
+def _resnet(x, block: Callable, blocks_per_stage: tuple, width: float, sync_bn: bool):
+    for stage, num_blocks in enumerate(blocks_per_stage):
+        filters = max(int(64 * width * 2**stage), 8)
+        for b in range(num_blocks):
+            stride = 2 if (stage > 0 and b == 0) else 1
+            x = block(x, filters, stride, sync_bn, f"stage{stage + 1}_block{b + 1}")
+    return x
+
+
+def small_convnet(x, width: float, sync_bn: bool):
+    """Four conv-BN-ReLU layers: the fast backbone for CPU demos and tests."""
+    for i, filters in enumerate((32, 64, 128, 256)):
+        x = _conv_bn(x, max(int(filters * width), 8), 3, 1 if i == 0 else 2, sync_bn, f"conv{i + 1}")
+    return x
+
+
+def resnet18_cifar(x, width: float, sync_bn: bool):
+    """ResNet-18 with a 3x3 stride-1 stem and no max-pool (small images: CIFAR, STL)."""
+    x = _conv_bn(x, max(int(64 * width), 8), 3, 1, sync_bn, "stem")
+    return _resnet(x, _basic_block, (2, 2, 2, 2), width, sync_bn)
+
+
+def resnet50(x, width: float, sync_bn: bool):
+    """ResNet-50 with the ImageNet 7x7 stride-2 stem and max-pool."""
+    x = _conv_bn(x, max(int(64 * width), 8), 7, 2, sync_bn, "stem")
+    x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+    return _resnet(x, _bottleneck_block, (3, 4, 6, 3), width, sync_bn)
+
+
+BACKBONES = {"small": small_convnet, "resnet18_cifar": resnet18_cifar, "resnet50": resnet50}
+
+
+def build_encoder(backbone: str, image_size: int, width_multiplier: float = 1.0,
+                  embedding_dim: int = 128, sync_bn: bool = True) -> keras.Model:
+    """Backbone + MoCo v2 head (Linear-ReLU-Linear), outputs {"features", "embedding"}."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"--backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
+    images = keras.Input((image_size, image_size, 3), name="images")
+    x = keras.layers.Normalization(mean=IMAGENET_MEAN, variance=[s**2 for s in IMAGENET_STD],
+                                   name="normalize")(images)
+    x = BACKBONES[backbone](x, width_multiplier, sync_bn)
+    features = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    hidden = keras.layers.Dense(features.shape[-1], activation="relu", name="head_hidden")(features)
+    projected = keras.layers.Dense(embedding_dim, name="head_out")(hidden)
+    embedding = keras.layers.UnitNormalization(name="embedding", dtype="float32")(projected)
+    return keras.Model(images, {"features": features, "embedding": embedding}, name="encoder")
+
+
+def _random_unit_rows(shape, dtype=None):
+    return tf.math.l2_normalize(tf.random.normal(shape, dtype=dtype or "float32"), axis=1)
+
+
+class MomentumContrast(keras.Model):
+    """MoCo v2 with Incremental False Negative Detection.
+
+    train_step: EMA-update the key encoder, embed both views, mask queue entries whose accepted
+    pseudo-label matches the anchor's, take one SGD step on the query encoder, enqueue the keys
+    with their dataset indices.
+    """
+
+    def __init__(self, encoder: keras.Model, key_encoder: keras.Model, num_examples: int,
+                 queue_size: int = 4096, num_levels: int = 1, temperature: float = 0.2,
+                 momentum: float = 0.999, fn_strategy: str = losses.ELIMINATION,
+                 key_bn_splits: int = 1, weight_decay: float = 1e-4, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.key_encoder = key_encoder
+        self.temperature = temperature
+        self.momentum = momentum
+        self.fn_strategy = fn_strategy
+        self.key_bn_splits = key_bn_splits
+        self.weight_decay = weight_decay
+        dim = encoder.output["embedding"].shape[-1]
+        first = "only_first_replica"  # every replica computes the same update
+        self.queue_keys = self.add_weight(shape=(queue_size, dim), initializer=_random_unit_rows,
+                                          trainable=False, aggregation=first, name="queue_keys")
+        self.queue_ids = self.add_weight(shape=(queue_size,), initializer=keras.initializers.Constant(-1),
+                                         dtype="int32", trainable=False, aggregation=first,
+                                         name="queue_ids")
+        self.queue_ptr = self.add_weight(shape=(), initializer="zeros", dtype="int32",
+                                         trainable=False, aggregation=first, name="queue_ptr")
+        self.pseudo_labels = self.add_weight(
+            shape=(num_levels, num_examples), initializer=keras.initializers.Constant(-1),
+            dtype="int32", trainable=False, aggregation=first, name="pseudo_labels")
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="acc")
+        self.masked_tracker = keras.metrics.Mean(name="masked")
+        self.built = True  # both encoders are built functional models; no symbolic build needed
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy_tracker, self.masked_tracker]
+
+    def call(self, images, training=False):
+        return self.encoder(images, training=training)["embedding"]
+
+    def copy_query_to_key_encoder(self) -> None:
+        """Start the key encoder as an exact copy of the query encoder (MoCo init)."""
+        self.key_encoder.set_weights(self.encoder.get_weights())
+
+    def update_key_encoder(self) -> None:
+        """key <- m * key + (1 - m) * query, trainable weights only (BN statistics are the key's own)."""
+        m = self.momentum
+        for key_var, query_var in zip(self.key_encoder.trainable_variables,
+                                      self.encoder.trainable_variables):
+            key_var.assign(m * key_var + (1.0 - m) * tf.cast(query_var, key_var.dtype))
+
+    def momentum_keys(self, images: tf.Tensor) -> tf.Tensor:
+        """Key embeddings with BN in training mode and no gradient.
+
+        With key_bn_splits > 1 the batch is shuffled and normalised in groups (shuffle-BN on one
+        replica), so a query and its key never share BN statistics: no BN shortcut.
+        """
+        if self.key_bn_splits == 1:
+            keys = self.key_encoder(images, training=True)["embedding"]
+        else:
+            order = tf.random.shuffle(tf.range(tf.shape(images)[0]))
+            groups = tf.split(tf.gather(images, order), self.key_bn_splits)
+            shuffled = tf.concat([self.key_encoder(g, training=True)["embedding"] for g in groups], 0)
+            keys = tf.gather(shuffled, tf.math.invert_permutation(order))
+        return tf.stop_gradient(tf.cast(keys, tf.float32))
+
+    def queue_labels(self) -> tf.Tensor:
+        """Current pseudo-labels [levels, queue] of the queue entries (-1 for empty slots)."""
+        ids = tf.convert_to_tensor(self.queue_ids)
+        looked_up = tf.gather(self.pseudo_labels, tf.maximum(ids, 0), axis=1)
+        return tf.where(ids[None, :] >= 0, looked_up, -1)
+
+    def enqueue(self, keys: tf.Tensor, ids: tf.Tensor) -> None:
+        """Replace the oldest entries (FIFO, wrapping) with the global batch of keys."""
+        ptr = tf.convert_to_tensor(self.queue_ptr)
+        self.queue_keys.assign(keras.ops.slice_update(self.queue_keys, [ptr, 0], keys))
+        self.queue_ids.assign(keras.ops.slice_update(self.queue_ids, [ptr], tf.cast(ids, tf.int32)))
+        self.queue_ptr.assign((ptr + tf.shape(keys)[0]) % tf.shape(self.queue_ids)[0])
+
+    def train_step(self, data):
+        index, view_q, view_k = data
+        replica = tf.distribute.get_replica_context()
+        self.update_key_encoder()
+        keys = self.momentum_keys(view_k)
+        fn_mask = losses.false_negative_mask(tf.gather(self.pseudo_labels, index, axis=1),
+                                             self.queue_labels())
+        variables = self.encoder.trainable_variables
+        with tf.GradientTape() as tape:
+            query = tf.cast(self.encoder(view_q, training=True)["embedding"], tf.float32)
+            logits = losses.contrastive_logits(query, keys, self.queue_keys, self.temperature)
+            loss = tf.reduce_mean(losses.ifnd_loss(logits, fn_mask, self.fn_strategy))
+            # Gradients are summed over replicas: scale so the step matches one big batch.
+            scaled = self.optimizer.scale_loss(loss / replica.num_replicas_in_sync)
+        grads = tape.gradient(scaled, variables)
+        decay = self.weight_decay / replica.num_replicas_in_sync
+        grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+        self.optimizer.apply_gradients(zip(grads, variables))
+        self.enqueue(replica.all_gather(keys, axis=0), replica.all_gather(index, axis=0))
+
+        if self.fn_strategy == losses.ELIMINATION:
+            logits = losses.masked_logits_for_elimination(logits, fn_mask)
+        self.loss_tracker.update_state(loss)
+        self.accuracy_tracker.update_state(losses.contrastive_accuracy(logits))
+        self.masked_tracker.update_state(tf.reduce_mean(tf.reduce_sum(tf.cast(fn_mask, tf.float32), 1)))
+        return {m.name: m.result() for m in self.metrics}

@@ -1,0 +1,134 @@
+"""Pre-train an encoder with MoCo v2 + IFND.
+
+    python -m ifnd_tf.train --flagfile=flags/fashion_mnist.cfg --model_dir=/tmp/run
+
+Re-running the same command resumes from the last completed epoch in --model_dir.
+"""
+import json
+import os
+import sys
+
+import keras
+import tensorflow as tf
+from absl import app, logging
+
+from ifnd_tf import callbacks, config, data, export, model
+from ifnd_tf.config import FLAGS
+
+
+def make_strategy(cpu_replicas: int) -> tf.distribute.Strategy:
+    """MirroredStrategy over all GPUs, else over `cpu_replicas` logical CPU devices."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tf.distribute.MirroredStrategy()
+    if cpu_replicas > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def use_jit(mode: str, strategy: tf.distribute.Strategy) -> bool:
+    """XLA fails with several replicas (DESIGN.md) and was no faster on CPU: auto = one GPU."""
+    if mode == "auto":
+        return strategy.num_replicas_in_sync == 1 and bool(tf.config.list_physical_devices("GPU"))
+    return mode == "on"
+
+
+def build_model(num_examples: int, steps_per_epoch: int, jit: bool) -> model.MomentumContrast:
+    """Encoders, MoCo model and SGD with linear-scaled lr and cosine decay (call in scope)."""
+    f = FLAGS
+    encoders = [model.build_encoder(f.backbone, f.image_size, f.width_multiplier,
+                                    f.embedding_dim, f.sync_bn) for _ in range(2)]
+    moco = model.MomentumContrast(
+        encoders[0], encoders[1], num_examples, queue_size=f.queue_size,
+        num_levels=len(config.cluster_counts()) if f.ifnd else 1, temperature=f.temperature,
+        momentum=f.moco_momentum, fn_strategy=f.fn_strategy, key_bn_splits=f.key_bn_splits,
+        weight_decay=f.weight_decay)
+    moco.copy_query_to_key_encoder()
+    schedule = keras.optimizers.schedules.CosineDecay(
+        f.learning_rate * f.batch_size / 256, decay_steps=f.epochs * steps_per_epoch)
+    optimizer = keras.optimizers.SGD(schedule, momentum=f.sgd_momentum)
+    if f.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    moco.compile(optimizer=optimizer, jit_compile=jit)
+    optimizer.build(moco.encoder.trainable_variables)
+    return moco
+
+
+def restore_latest(moco: model.MomentumContrast, model_dir: str):
+    """Checkpoint manager and the number of epochs already completed (auto-resume)."""
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=moco, optimizer=moco.optimizer, epoch=epoch)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+                                         max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        print(f"resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())})", flush=True)
+    return manager, epoch
+
+
+def write_flags(model_dir: str) -> None:
+    values = {flag.name: flag.value for flag in FLAGS.get_flags_for_module(config.__name__)}
+    with open(os.path.join(model_dir, "flags.json"), "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
+
+
+def make_callbacks(moco, strategy, source, manager, epoch_counter) -> list:
+    f = FLAGS
+    result = []
+    if f.ifnd:
+        result.append(callbacks.PseudoLabelCallback(
+            data.embedding_pipeline(source, f.embed_batch_size, f.image_size),
+            source.num_examples, config.cluster_counts(), f.epochs, f.warmup_epochs,
+            f.alpha_start, f.alpha_end, f.alpha_shape, f.kmeans_backend, f.seed, strategy,
+            f.kmeans_iterations, f.kmeans_max_points_per_centroid, true_labels=source.labels,
+            log_dir=os.path.join(f.model_dir, "logs", "ifnd")))
+    result += [callbacks.LearningRateLogger(),
+               keras.callbacks.TensorBoard(os.path.join(f.model_dir, "logs"), write_graph=False),
+               callbacks.CheckpointCallback(manager, epoch_counter)]
+    return result
+
+
+def run() -> str | None:
+    """Train (or resume) and export; returns the SavedModel directory if exported."""
+    f = FLAGS
+    strategy = make_strategy(f.cpu_replicas)
+    config.validate_flags(strategy.num_replicas_in_sync)
+    keras.utils.set_random_seed(f.seed)
+    if f.mixed_precision != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{f.mixed_precision}")
+    source = data.load_source(f.dataset, "train", f.data_dir, f.download)
+    config.validate_against_data(source.num_examples)
+    os.makedirs(f.model_dir, exist_ok=True)
+    write_flags(f.model_dir)
+    steps = f.steps_per_epoch or source.num_examples // f.batch_size
+    with strategy.scope():
+        moco = build_model(source.num_examples, steps, use_jit(f.jit_compile, strategy))
+        manager, epoch_counter = restore_latest(moco, f.model_dir)
+    initial_epoch = int(epoch_counter.numpy())
+    if initial_epoch < f.epochs:
+        train_data = data.train_pipeline(source, f.batch_size, f.image_size, f.seed,
+                                         cache=f.cache_images).repeat()
+        moco.fit(train_data, epochs=f.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                 callbacks=make_callbacks(moco, strategy, source, manager, epoch_counter),
+                 verbose=f.verbose, shuffle=False)
+    if not f.export:
+        return None
+    saved_model = export.export_encoder(moco.encoder, os.path.join(f.model_dir, "export"))
+    print(f"exported encoder to {saved_model}", flush=True)
+    return saved_model
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    try:
+        run()
+    except (config.ConfigError, data.DataError) as e:
+        sys.exit(f"ifnd_tf.train: error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)
