@@ -18,11 +18,12 @@ class DatasetEmbedder:
     """
 
     def __init__(self, encoder: keras.Model, strategy: tf.distribute.Strategy,
-                 output: str = "embedding"):
-        self.encoder = encoder
+                 dataset: tf.data.Dataset, num_examples: int, output: str = "embedding"):
         self.strategy = strategy
-        self.output = output
+        self.num_examples = num_examples
         self.dim = encoder.output[output].shape[-1]
+        # Distributed once: a new distributed dataset each call would retrace the step.
+        self.dataset = strategy.experimental_distribute_dataset(dataset)
 
         @tf.function(reduce_retracing=True)
         def embed_batch(index, images):
@@ -33,10 +34,11 @@ class DatasetEmbedder:
 
         self._embed_batch = embed_batch
 
-    def __call__(self, dataset: tf.data.Dataset, num_examples: int) -> np.ndarray:
+    def __call__(self) -> np.ndarray:
+        num_examples = self.num_examples
         result = np.zeros((num_examples, self.dim), np.float32)
         seen = np.zeros(num_examples, bool)
-        for index, images in self.strategy.experimental_distribute_dataset(dataset):
+        for index, images in self.dataset:
             index, values = self._embed_batch(index, images)
             result[index.numpy()] = values.numpy()
             seen[index.numpy()] = True
@@ -103,8 +105,9 @@ class PseudoLabelCallback(keras.callbacks.Callback):
     def _update_pseudo_labels(self, epoch: int, alpha: float) -> None:
         start = time.perf_counter()
         if self.embedder is None:
-            self.embedder = DatasetEmbedder(self.model.key_encoder, self.strategy)
-        embeddings = self.embedder(self.embedding_data, self.num_examples)
+            self.embedder = DatasetEmbedder(self.model.key_encoder, self.strategy,
+                                            self.embedding_data, self.num_examples)
+        embeddings = self.embedder()
         labels, stats = clustering.hierarchical_pseudo_labels(
             embeddings, self.num_clusters, alpha, seed=self.seed + 1000 * epoch, **self.kmeans)
         self.model.pseudo_labels.assign(labels)

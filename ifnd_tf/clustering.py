@@ -39,28 +39,45 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _fit_faiss(x: np.ndarray, k: int, seed: int, iterations: int) -> np.ndarray:
+def kmeans_plus_plus_seeds(x: np.ndarray, k: int, rng: np.random.Generator,
+                           max_points: int = 20_000) -> np.ndarray:
+    """k-means++ seeding on at most max(max_points, 20k) rows of unit vectors.
+
+    Random seeding often puts two seeds in one true cluster at small k (seen in the tests);
+    k-means++ on a capped sample keeps seeding cheap at k = 1000 (DESIGN.md).
+    """
+    rows = min(x.shape[0], max(max_points, 20 * k))
+    pool = x[rng.choice(x.shape[0], rows, replace=False)] if rows < x.shape[0] else x
+    seeds = [pool[rng.integers(rows)]]
+    nearest = np.full(rows, np.inf, np.float32)
+    for _ in range(1, k):
+        nearest = np.minimum(nearest, np.maximum(2.0 - 2.0 * pool @ seeds[-1], 0.0))
+        seeds.append(pool[rng.choice(rows, p=nearest / nearest.sum())])
+    return np.stack(seeds).astype(np.float32)
+
+
+def _fit_faiss(x: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
     import faiss  # optional dependency, imported only when chosen
 
-    kmeans = faiss.Kmeans(x.shape[1], k, niter=iterations, seed=seed, spherical=True,
+    kmeans = faiss.Kmeans(x.shape[1], init.shape[0], niter=iterations, spherical=True,
                           max_points_per_centroid=x.shape[0], verbose=False)
-    kmeans.train(np.ascontiguousarray(x, dtype=np.float32))
+    kmeans.train(np.ascontiguousarray(x, dtype=np.float32), init_centroids=init)
     return kmeans.centroids
 
 
-def _fit_sklearn(x: np.ndarray, k: int, seed: int, iterations: int) -> np.ndarray:
+def _fit_sklearn(x: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
-    kmeans = KMeans(n_clusters=k, init="random", n_init=1, max_iter=iterations,
-                    random_state=seed, algorithm="lloyd")
+    kmeans = KMeans(n_clusters=init.shape[0], init=init, n_init=1, max_iter=iterations,
+                    algorithm="lloyd")
     return kmeans.fit(x).cluster_centers_.astype(np.float32)
 
 
-def _fit_tf(x: np.ndarray, k: int, seed: int, iterations: int) -> np.ndarray:
+def _fit_tf(x: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
     """Spherical Lloyd iterations as matmuls: runs on a GPU with no extra dependency."""
-    rng = np.random.default_rng(seed)
+    k = init.shape[0]
     points = tf.constant(x, tf.float32)
-    centroids = tf.gather(points, rng.choice(x.shape[0], size=k, replace=False))
+    centroids = tf.constant(init, tf.float32)
     for _ in range(iterations):
         assign = tf.argmax(tf.matmul(points, centroids, transpose_b=True), axis=1)
         sums = tf.math.unsorted_segment_sum(points, assign, k)
@@ -75,17 +92,22 @@ _FITTERS = {"faiss": _fit_faiss, "sklearn": _fit_sklearn, "tf": _fit_tf}
 
 def fit_centroids(embeddings: np.ndarray, k: int, backend: str, seed: int, iterations: int = 20,
                   max_points_per_centroid: int = 256) -> np.ndarray:
-    """k L2-normalised centroids fitted on at most k * max_points_per_centroid samples."""
+    """k L2-normalised centroids fitted on at most k * max_points_per_centroid samples.
+
+    Seeding and sub-sampling are shared, so backends differ only in their Lloyd iterations.
+    """
     n = embeddings.shape[0]
     if not 1 < k <= n:
         raise ValueError(f"--num_clusters: k={k} must be in [2, number of samples={n}]")
     if backend not in _FITTERS:
         raise ValueError(f"--kmeans_backend must be one of {BACKENDS}, got {backend!r}")
+    rng = np.random.default_rng(seed)
     sample_size = min(n, k * max_points_per_centroid)
     sample = embeddings
     if sample_size < n:
-        sample = embeddings[np.random.default_rng(seed).choice(n, sample_size, replace=False)]
-    return _l2_normalize(_FITTERS[backend](sample, k, seed, iterations))
+        sample = embeddings[rng.choice(n, sample_size, replace=False)]
+    init = kmeans_plus_plus_seeds(sample, k, rng)
+    return _l2_normalize(_FITTERS[backend](sample, init, iterations))
 
 
 def assign_with_confidence(embeddings: np.ndarray,

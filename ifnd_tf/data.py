@@ -100,7 +100,7 @@ def _tfds(name: str, split: str, data_dir: str | None, download: bool) -> Source
         labels = np.fromiter(label_only.map(lambda ex: ex["label"]).as_numpy_iterator(), np.int64)
         num_classes = info.features["label"].num_classes
     examples = ds.enumerate().map(lambda i, ex: (i, ex["image"]))
-    num_examples = info.splits[split].num_examples
+    num_examples = len(labels) if labels is not None else info.splits[split].num_examples
     return Source(name, examples, num_examples, labels, num_classes, in_memory=False)
 
 

@@ -1,0 +1,27 @@
+"""Test set-up: two logical CPU devices so MirroredStrategy really has two replicas."""
+import os
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tensorflow as tf  # noqa: E402
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()  # library code reads flag defaults; tests override via flagsaver
+
+
+@pytest.fixture
+def one_replica():
+    return tf.distribute.MirroredStrategy(["/cpu:0"])
+
+
+@pytest.fixture
+def two_replicas():
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

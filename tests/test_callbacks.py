@@ -1,0 +1,69 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ifnd_tf import callbacks, data, diagnostics, model
+
+
+def _digits_moco(strategy, source, levels):
+    with strategy.scope():
+        encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=16) for _ in range(2)]
+        moco = model.MomentumContrast(encoders[0], encoders[1], source.num_examples,
+                                      queue_size=64, num_levels=levels, key_bn_splits=2)
+        moco.copy_query_to_key_encoder()
+        moco.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        moco.optimizer.build(moco.encoder.trainable_variables)
+    return moco
+
+
+def test_embedder_places_every_example_by_index(one_replica, two_replicas):
+    source = data.load_source("digits", "test")  # 360 examples: last batch is partial
+    pipeline = data.embedding_pipeline(source, 64, 16)
+    with two_replicas.scope():
+        encoder = model.build_encoder("small", 16, 0.25, embedding_dim=16)
+    images = np.concatenate([x.numpy() for _, x in pipeline])
+    expected = encoder(images, training=False)["embedding"].numpy()
+    for strategy in (one_replica, two_replicas):
+        embedder = callbacks.DatasetEmbedder(encoder, strategy, pipeline, source.num_examples)
+        for _ in range(2):  # reusable, e.g. once per epoch
+            np.testing.assert_allclose(embedder(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_callback_fills_label_table_during_a_real_fit(one_replica):
+    source = data.load_source("digits")
+    moco = _digits_moco(one_replica, source, levels=2)
+    callback = callbacks.PseudoLabelCallback(
+        data.embedding_pipeline(source, 512, 16), source.num_examples, [10, 20], total_epochs=3,
+        warmup_epochs=1, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
+        seed=0, strategy=one_replica, true_labels=source.labels, verbose=False)
+    train = data.train_pipeline(source, 64, 16, seed=0).repeat()
+    history = moco.fit(train, epochs=2, steps_per_epoch=3, callbacks=[callback], verbose=0)
+
+    table = moco.pseudo_labels.numpy()
+    assert history.history["alpha"] == pytest.approx([0.0, 0.5])
+    assert table.shape == (2, source.num_examples)
+    for level, k in zip(table, (10, 20)):
+        assert abs(np.mean(level >= 0) - 0.5) < 0.02  # top half of each cluster accepted
+        assert set(np.unique(level[level >= 0])) <= set(range(k))
+    # The logged precision / recall are those of the table the loss now uses.
+    quality = diagnostics.false_negative_quality(table, source.labels)
+    assert history.history["fn_precision"][-1] == pytest.approx(quality.precision)
+    assert history.history["fn_recall"][-1] == pytest.approx(quality.recall)
+    assert 0.0 < quality.precision <= 1.0
+    assert history.history["masked"][1] > 0.0  # the train step saw the new labels
+
+
+def test_warmup_epoch_clears_the_table(one_replica):
+    source = data.load_source("digits", "test")
+    moco = _digits_moco(one_replica, source, levels=1)
+    moco.pseudo_labels.assign(tf.zeros_like(moco.pseudo_labels))
+    callback = callbacks.PseudoLabelCallback(
+        data.embedding_pipeline(source, 512, 16), source.num_examples, [10], total_epochs=5,
+        warmup_epochs=2, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="tf",
+        seed=0, strategy=one_replica, verbose=False)
+    callback.set_model(moco)
+    callback.on_epoch_begin(0)
+    assert (moco.pseudo_labels.numpy() == -1).all()
+    callback.on_epoch_begin(2)
+    assert np.mean(moco.pseudo_labels.numpy() >= 0) == pytest.approx(1 / 3, abs=0.02)

@@ -1,0 +1,128 @@
+import gzip
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ifnd_tf import data
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_from_debian_package():
+    source = data.load_source("fashion_mnist")
+    assert (source.num_examples, source.num_classes) == (60_000, 10)
+    assert np.bincount(source.labels).tolist() == [6000] * 10
+    index, image = next(iter(source.examples))
+    assert (int(index), image.shape, image.dtype) == (0, (28, 28, 1), tf.uint8)
+    assert data.load_source("fashion_mnist", "test").num_examples == 10_000
+
+
+def test_idx_reader_round_trip_and_idx_folder(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 4, 3))
+    for prefix, labels in (("train", [0, 1, 2, 1, 0]),):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.array(labels))
+    np.testing.assert_array_equal(data.read_idx(str(tmp_path / "train-images-idx3-ubyte.gz")), images)
+    source = data.load_source("fashion_mnist", data_dir=str(tmp_path))
+    assert (source.num_examples, source.num_classes) == (5, 3)
+
+
+def test_missing_fashion_mnist_names_file_and_install_command(tmp_path):
+    with pytest.raises(data.DataError, match="train-images-idx3-ubyte.gz.*apt-get install dataset-fashion-mnist"):
+        data.load_source("fashion_mnist", data_dir=str(tmp_path))
+
+
+def test_corrupt_idx_file_is_named(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    _write_idx(path, np.zeros((4, 2, 2)))
+    raw = gzip.open(path).read()
+    with gzip.open(path, "wb") as f:
+        f.write(raw[:-3])  # truncated
+    with pytest.raises(data.DataError, match=f"corrupt data file {path}"):
+        data.read_idx(str(path))
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(data.DataError, match=f"corrupt data file {path}"):
+        data.read_idx(str(path))
+
+
+def test_digits_split_is_disjoint_and_scaled():
+    train, test = data.load_source("digits"), data.load_source("digits", "test")
+    assert (train.num_examples, test.num_examples) == (1437, 360)
+    _, image = next(iter(train.examples))
+    assert image.dtype == tf.uint8 and int(tf.reduce_max(image)) == 255
+
+
+def test_train_pipeline_yields_indices_and_two_different_views():
+    source = data.load_source("digits")
+    index, view_q, view_k = next(iter(data.train_pipeline(source, 32, 16, seed=0)))
+    assert index.shape == (32,) and index.dtype == tf.int64
+    assert len(set(index.numpy().tolist())) == 32
+    assert view_q.shape == view_k.shape == (32, 16, 16, 3)
+    assert 0.0 <= float(tf.reduce_min(view_q)) and float(tf.reduce_max(view_q)) <= 1.0
+    assert float(tf.reduce_mean(tf.abs(view_q - view_k))) > 0.01
+
+
+def test_embedding_pipeline_is_every_example_once_in_order():
+    source = data.load_source("digits", "test")
+    batches = list(data.embedding_pipeline(source, 100, 8))
+    indices = np.concatenate([i.numpy() for i, _ in batches])
+    np.testing.assert_array_equal(indices, np.arange(360))
+    first = batches[0][1][0].numpy()
+    _, raw = next(iter(source.examples))
+    np.testing.assert_allclose(first[..., 0], raw.numpy()[..., 0] / 255.0, atol=1e-6)
+
+
+def test_tfds_source_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=24):
+        source = data.load_source("cifar10")
+        assert (source.num_examples, source.num_classes) == (24, 10)
+        assert source.labels.shape == (24,)
+        index, view_q, _ = next(iter(data.train_pipeline(source, 8, 32, seed=0)))
+    assert view_q.shape == (8, 32, 32, 3)
+    assert set(index.numpy().tolist()) <= set(range(24))
+
+
+def test_tfds_offline_fails_fast_with_hint(tmp_path):
+    with pytest.raises(data.DataError, match="--dataset=cifar10.*--download"):
+        data.load_source("cifar10", data_dir=str(tmp_path))
+
+
+def test_unknown_dataset_name_is_reported(tmp_path):
+    with pytest.raises(data.DataError, match="--dataset=no_such_dataset"):
+        data.load_source("no_such_dataset", data_dir=str(tmp_path))
+
+
+def _write_image_folder(root, classes=("cat", "dog"), per_class=3, size=(20, 30)):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        os.makedirs(root / "train" / c)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            tf.io.write_file(str(root / "train" / c / f"{i}.png"), tf.io.encode_png(pixels))
+
+
+def test_image_folder_in_imagenet_layout(tmp_path):
+    _write_image_folder(tmp_path)
+    source = data.load_source(f"folder:{tmp_path}")
+    assert (source.num_examples, source.num_classes) == (6, 2)
+    np.testing.assert_array_equal(source.labels, [0, 0, 0, 1, 1, 1])
+    index, view_q, view_k = next(iter(data.train_pipeline(source, 4, 16, seed=0)))
+    assert view_q.shape == (4, 16, 16, 3)
+    _, images = next(iter(data.embedding_pipeline(source, 6, 16)))
+    assert images.shape == (6, 16, 16, 3)
+
+
+def test_empty_image_folder_is_a_clear_error(tmp_path):
+    os.makedirs(tmp_path / "train" / "cat")
+    with pytest.raises(data.DataError, match="no images in class sub-folders"):
+        data.load_source(f"folder:{tmp_path}")
+    with pytest.raises(data.DataError, match="no such folder"):
+        data.load_source(f"folder:{tmp_path}/missing")

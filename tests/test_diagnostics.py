@@ -1,0 +1,45 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from ifnd_tf import diagnostics
+
+
+def _brute_force(pseudo, truth):
+    detected = correct = true_pairs = 0
+    for i, j in itertools.combinations(range(len(truth)), 2):
+        hit = any(level[i] >= 0 and level[i] == level[j] for level in pseudo)
+        same = truth[i] == truth[j]
+        detected += hit
+        correct += hit and same
+        true_pairs += same
+    return detected, correct, true_pairs
+
+
+def test_hand_computed_example():
+    # classes: a a a b b ; one level of pseudo-labels, sample 4 unaccepted.
+    truth = np.array([0, 0, 0, 1, 1])
+    pseudo = np.array([[0, 0, 1, 1, -1]])
+    q = diagnostics.false_negative_quality(pseudo, truth)
+    # detected pairs: (0,1) correct, (2,3) wrong -> precision 1/2; true pairs: 3 + 1 = 4.
+    assert (q.detected_pairs, q.true_pairs) == (2, 4)
+    assert q.precision == pytest.approx(0.5)
+    assert q.recall == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_union_over_levels_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    pseudo = rng.integers(-1, 4, size=(3, 40))
+    truth = rng.integers(0, 3, size=40)
+    detected, correct, true_pairs = _brute_force(pseudo, truth)
+    q = diagnostics.false_negative_quality(pseudo, truth)
+    assert (q.detected_pairs, q.true_pairs) == (detected, true_pairs)
+    assert q.precision == pytest.approx(correct / detected)
+    assert q.recall == pytest.approx(correct / true_pairs)
+
+
+def test_nothing_accepted_gives_zero_not_nan():
+    q = diagnostics.false_negative_quality(np.full((2, 6), -1), np.zeros(6, int))
+    assert (q.precision, q.recall, q.detected_pairs) == (0.0, 0.0, 0)

@@ -1,0 +1,92 @@
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ifnd_tf import losses
+
+# One anchor, its key, and a queue of three entries; temperature 0.5.
+QUERY = [[1.0, 0.0]]
+KEY = [[0.6, 0.8]]
+QUEUE = [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]
+LOGITS = [1.2, 2.0, 0.0, -2.0]  # [q.k, q.queue...] / 0.5
+
+
+def _lse(values):
+    return math.log(sum(math.exp(v) for v in values))
+
+
+def _logits():
+    return losses.contrastive_logits(tf.constant(QUERY), tf.constant(KEY), tf.constant(QUEUE), 0.5)
+
+
+def test_logits_are_positive_then_queue_over_temperature():
+    np.testing.assert_allclose(_logits().numpy(), [LOGITS], rtol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", losses.FALSE_NEGATIVE_STRATEGIES)
+def test_empty_mask_is_plain_infonce(strategy):
+    mask = tf.zeros([1, 3], tf.bool)
+    loss = losses.ifnd_loss(_logits(), mask, strategy).numpy()
+    np.testing.assert_allclose(loss, [_lse(LOGITS) - 1.2], rtol=1e-6)
+    reference = tf.nn.sparse_softmax_cross_entropy_with_logits([0], _logits())
+    np.testing.assert_allclose(loss, reference.numpy(), rtol=1e-6)
+
+
+def test_elimination_drops_masked_entry_from_denominator():
+    mask = tf.constant([[True, False, False]])
+    loss = losses.ifnd_loss(_logits(), mask, losses.ELIMINATION).numpy()
+    np.testing.assert_allclose(loss, [_lse([1.2, 0.0, -2.0]) - 1.2], rtol=1e-6)
+
+
+def test_attraction_averages_log_prob_over_positive_set():
+    mask = tf.constant([[True, False, False]])
+    loss = losses.ifnd_loss(_logits(), mask, losses.ATTRACTION).numpy()
+    expected = -0.5 * ((1.2 - _lse(LOGITS)) + (2.0 - _lse(LOGITS)))
+    np.testing.assert_allclose(loss, [expected], rtol=1e-6)
+
+
+def test_elimination_of_every_negative_leaves_zero_loss():
+    mask = tf.ones([1, 3], tf.bool)
+    assert losses.ifnd_loss(_logits(), mask, losses.ELIMINATION).numpy()[0] == pytest.approx(0.0)
+
+
+def test_unknown_strategy_names_the_flag():
+    with pytest.raises(ValueError, match="--fn_strategy"):
+        losses.ifnd_loss(_logits(), tf.zeros([1, 3], tf.bool), "repulsion")
+
+
+def test_mask_matches_equal_accepted_labels_only():
+    anchors = tf.constant([[0, -1, 2]])  # one level, three anchors
+    queue = tf.constant([[0, -1, 2, 2]])
+    expected = [[True, False, False, False],
+                [False, False, False, False],  # unlabeled anchor never matches, not even -1
+                [False, False, True, True]]
+    np.testing.assert_array_equal(losses.false_negative_mask(anchors, queue).numpy(), expected)
+
+
+def test_unlabeled_queue_entry_never_masked():
+    anchors = tf.constant([[3]])
+    queue = tf.constant([[-1, -1]])
+    assert not losses.false_negative_mask(anchors, queue).numpy().any()
+
+
+def test_mask_is_union_over_levels():
+    anchors = tf.constant([[0], [5]])  # level 0: label 0; level 1: label 5
+    queue = tf.constant([[0, 1, 1, -1],
+                         [7, 5, 7, 5]])
+    np.testing.assert_array_equal(losses.false_negative_mask(anchors, queue).numpy(),
+                                  [[True, True, False, True]])
+
+
+def test_accuracy_counts_positive_at_column_zero():
+    logits = tf.constant([[3.0, 1.0, 2.0], [0.0, 1.0, -1.0]])
+    assert losses.contrastive_accuracy(logits).numpy() == pytest.approx(0.5)
+
+
+def test_elimination_masking_can_make_positive_the_top_logit():
+    mask = tf.constant([[True, False, False]])
+    masked = losses.masked_logits_for_elimination(_logits(), mask)
+    assert losses.contrastive_accuracy(_logits()).numpy() == 0.0
+    assert losses.contrastive_accuracy(masked).numpy() == 1.0

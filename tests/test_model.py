@@ -1,0 +1,156 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ifnd_tf import data, model
+
+
+def _moco(num_examples=64, queue_size=8, levels=1, momentum=0.9, **kwargs):
+    encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4) for _ in range(2)]
+    moco = model.MomentumContrast(encoders[0], encoders[1], num_examples, queue_size=queue_size,
+                                  num_levels=levels, momentum=momentum, **kwargs)
+    moco.copy_query_to_key_encoder()
+    return moco
+
+
+def _compiled(moco, lr=0.05):
+    moco.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9))
+    moco.optimizer.build(moco.encoder.trainable_variables)
+    return moco
+
+
+@pytest.mark.parametrize("backbone, size, features", [
+    ("small", 28, 32), ("resnet18_cifar", 32, 64), ("resnet50", 64, 256)])
+def test_backbones_give_features_and_unit_embeddings(backbone, size, features):
+    encoder = model.build_encoder(backbone, size, width_multiplier=0.125)
+    out = encoder(tf.random.uniform([2, size, size, 3]))
+    assert out["features"].shape == (2, features)
+    np.testing.assert_allclose(tf.norm(out["embedding"], axis=1).numpy(), [1.0, 1.0], rtol=1e-5)
+
+
+def test_resnet18_cifar_keeps_resolution_in_the_stem():
+    encoder = model.build_encoder("resnet18_cifar", 32, width_multiplier=0.125)
+    assert encoder.get_layer("stage1_block1_a_conv").output.shape[1:3] == (32, 32)
+    assert encoder.get_layer("stage4_block2_b_conv").output.shape[1:3] == (4, 4)
+
+
+def test_unknown_backbone_names_the_flag():
+    with pytest.raises(ValueError, match="--backbone"):
+        model.build_encoder("vgg", 32)
+
+
+def test_queue_is_fifo_with_indices_and_wraps_around():
+    moco = _moco(queue_size=6)
+    keys = tf.reshape(tf.range(8 * 4, dtype=tf.float32), [8, 4])
+    moco.enqueue(keys[:4], tf.constant([10, 11, 12, 13]))
+    np.testing.assert_array_equal(moco.queue_ids.numpy()[:4], [10, 11, 12, 13])
+    np.testing.assert_array_equal(moco.queue_keys.numpy()[:4], keys[:4].numpy())
+    assert int(moco.queue_ptr.numpy()) == 4
+    moco.enqueue(keys[4:6], tf.constant([14, 15]))
+    assert int(moco.queue_ptr.numpy()) == 0  # 6 entries: wrapped
+    moco.enqueue(keys[6:8], tf.constant([16, 17]))  # overwrites the two oldest
+    np.testing.assert_array_equal(moco.queue_ids.numpy(), [16, 17, 12, 13, 14, 15])
+    np.testing.assert_array_equal(moco.queue_keys.numpy()[:2], keys[6:8].numpy())
+
+
+def test_queue_labels_follow_the_current_table():
+    moco = _moco(num_examples=5, queue_size=4, levels=2)
+    moco.enqueue(tf.zeros([2, 4]), tf.constant([3, 1]))
+    moco.pseudo_labels.assign([[7, 8, 9, 10, 11], [0, 1, 2, 3, 4]])
+    np.testing.assert_array_equal(moco.queue_labels().numpy(), [[10, 8, -1, -1], [3, 1, -1, -1]])
+    moco.pseudo_labels.assign([[-1, 5, 5, 5, 5], [0, 0, 0, 0, 0]])  # a new epoch's table
+    np.testing.assert_array_equal(moco.queue_labels().numpy(), [[5, 5, -1, -1], [0, 0, -1, -1]])
+
+
+def test_ema_update_math():
+    moco = _moco(momentum=0.9)
+    for v in moco.encoder.trainable_variables:
+        v.assign(tf.ones_like(v))
+    for v in moco.key_encoder.trainable_variables:
+        v.assign(tf.fill(v.shape, 3.0))
+    moco.update_key_encoder()
+    for v in moco.key_encoder.trainable_variables:
+        np.testing.assert_allclose(v.numpy(), 0.9 * 3.0 + 0.1 * 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_key_encoder_gets_no_gradient(splits):
+    moco = _moco(key_bn_splits=splits)
+    images = tf.random.uniform([4, 16, 16, 3])
+    with tf.GradientTape() as tape:
+        keys = moco.momentum_keys(images)
+        loss = tf.reduce_sum(keys)
+    grads = tape.gradient(loss, moco.key_encoder.trainable_variables)
+    assert all(g is None for g in grads)
+    assert keys.shape == (4, 4)
+
+
+def test_split_bn_keeps_each_key_with_its_own_image():
+    """Shuffle-BN must un-shuffle: key i is computed from image i."""
+    moco = _moco(key_bn_splits=4)
+    images = keras.Input((16, 16, 3))
+    moco.key_encoder = keras.Model(images, {"embedding": keras.layers.GlobalAveragePooling2D()(images)})
+    batch = tf.random.uniform([8, 16, 16, 3], seed=1)
+    np.testing.assert_allclose(moco.momentum_keys(batch).numpy(),
+                               tf.reduce_mean(batch, axis=[1, 2]).numpy(), rtol=1e-6)
+
+
+def _one_step_data(batch=8, size=16):
+    index = tf.range(batch, dtype=tf.int64)
+    views = tf.random.uniform([2, batch, size, size, 3], seed=0)
+    return tf.data.Dataset.from_tensors((index, views[0], views[1]))
+
+
+def test_train_step_masks_entries_with_the_anchor_label():
+    moco = _compiled(_moco(num_examples=8, queue_size=8))
+    moco.enqueue(tf.math.l2_normalize(tf.random.normal([8, 4]), 1), tf.range(8))
+    moco.pseudo_labels.assign([[0, 0, 0, 0, 1, 1, 1, 1]])
+    history = moco.fit(_one_step_data(), epochs=1, verbose=0)
+    # each anchor shares its label with 4 of the 8 queue entries
+    assert history.history["masked"][0] == pytest.approx(4.0)
+    assert int(moco.queue_ptr.numpy()) == 0  # 8 new keys filled the queue of 8
+    np.testing.assert_array_equal(moco.queue_ids.numpy(), np.arange(8))
+
+
+def test_elimination_of_whole_queue_gives_zero_loss_and_full_accuracy():
+    moco = _compiled(_moco(num_examples=8, queue_size=8))
+    moco.enqueue(tf.math.l2_normalize(tf.random.normal([8, 4]), 1), tf.range(8))
+    moco.pseudo_labels.assign([[3] * 8])
+    history = moco.fit(_one_step_data(), epochs=1, verbose=0)
+    assert history.history["loss"][0] == pytest.approx(0.0, abs=1e-6)
+    assert history.history["acc"][0] == pytest.approx(1.0)
+    assert history.history["masked"][0] == pytest.approx(8.0)
+
+
+def test_train_step_moves_query_encoder_and_ema_follows():
+    moco = _compiled(_moco(num_examples=8, queue_size=8, momentum=0.5))
+    before_query = [v.numpy().copy() for v in moco.encoder.trainable_variables]
+    before_key = [v.numpy().copy() for v in moco.key_encoder.trainable_variables]
+    moco.fit(_one_step_data(), epochs=1, verbose=0)
+    after_query = [v.numpy() for v in moco.encoder.trainable_variables]
+    changed = [not np.allclose(a, b) for a, b in zip(before_query, after_query)]
+    assert sum(changed) > len(changed) // 2
+    # MoCo order: EMA with the query weights from before this step's gradient update.
+    for key_before, query_before, key_now in zip(before_key, before_query,
+                                                 moco.key_encoder.trainable_variables):
+        np.testing.assert_allclose(key_now.numpy(), 0.5 * key_before + 0.5 * query_before,
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_two_replicas_stay_identical(two_replicas):
+    source = data.load_source("digits")
+    with two_replicas.scope():
+        moco = _compiled(_moco(num_examples=source.num_examples, queue_size=64, key_bn_splits=2))
+    moco.pseudo_labels.assign(np.arange(source.num_examples)[None] % 10)
+    train = data.train_pipeline(source, 32, 16, seed=0).take(3)
+    history = moco.fit(train, epochs=1, verbose=0)
+    assert history.history["masked"][0] > 0
+    stateful = (moco.encoder.variables + moco.key_encoder.variables
+                + [moco.queue_keys, moco.queue_ids, moco.queue_ptr])
+    for variable in stateful:
+        replicas = [v.numpy() for v in variable.value.values]
+        assert len(replicas) == 2
+        np.testing.assert_allclose(replicas[0], replicas[1], rtol=1e-5, atol=1e-6,
+                                   err_msg=variable.path)
+    assert int(moco.queue_ptr.numpy()) == (3 * 32) % 64
