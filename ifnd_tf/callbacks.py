@@ -1,6 +1,6 @@
 """Keras callbacks: the per-epoch pseudo-label pass (the IFND part) and checkpointing."""
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -67,10 +67,10 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         self.embedding_data = embedding_data
         self.num_examples = num_examples
         self.num_clusters = list(num_clusters)
-        self.schedule = dict(total_epochs=total_epochs, warmup_epochs=warmup_epochs,
-                             start=alpha_start, end=alpha_end, shape=alpha_shape)
-        self.kmeans = dict(backend=backend, iterations=kmeans_iterations,
-                           max_points_per_centroid=max_points_per_centroid)
+        self.schedule = {"total_epochs": total_epochs, "warmup_epochs": warmup_epochs,
+                             "start": alpha_start, "end": alpha_end, "shape": alpha_shape}
+        self.kmeans = {"backend": backend, "iterations": kmeans_iterations,
+                           "max_points_per_centroid": max_points_per_centroid}
         self.seed = seed
         self.strategy = strategy
         self.embedder: DatasetEmbedder | None = None  # made once the model is set

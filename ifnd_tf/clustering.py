@@ -6,7 +6,7 @@ produces labels by the same rule.
 """
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf

@@ -86,7 +86,7 @@ def _digits(split: str) -> Source:
 def _tfds(name: str, split: str, data_dir: str | None, download: bool) -> Source:
     import tensorflow_datasets as tfds
 
-    load = dict(split=split, data_dir=data_dir, download=download, shuffle_files=False)
+    load = {"split": split, "data_dir": data_dir, "download": download, "shuffle_files": False}
     try:
         ds, info = tfds.load(name, with_info=True, **load)
         label_only = tfds.load(name, decoders={"image": tfds.decode.SkipDecoding()}, **load)

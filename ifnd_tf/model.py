@@ -5,7 +5,7 @@ head output}. `MomentumContrast` holds the query encoder, its EMA copy (the key 
 queue of keys with the dataset index of each, and the pseudo-label table written by
 `callbacks.PseudoLabelCallback`.
 """
-from typing import Callable
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf

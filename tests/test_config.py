@@ -5,27 +5,26 @@ from ifnd_tf import config
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(queue_size=100, batch_size=64), "--queue_size=100 must be a positive multiple of --batch_size=64"),
-    (dict(alpha_end=1.5), "--alpha_end must be in \\[0, 1\\]"),
-    (dict(alpha_start=-0.1), "--alpha_start must be in \\[0, 1\\]"),
-    (dict(warmup_epochs=10, epochs=10), "--warmup_epochs=10 must be in \\[0, --epochs=10\\)"),
-    (dict(key_bn_splits=3, batch_size=64, queue_size=128), "--key_bn_splits=3 must divide"),
-    (dict(num_clusters=["10", "x"]), "--num_clusters must be integers"),
-    (dict(num_clusters=["1"]), "--num_clusters: each k must be >= 2"),
-    (dict(temperature=0.0), "--temperature must be > 0"),
-    (dict(moco_momentum=1.0), "--moco_momentum must be in \\[0, 1\\)"),
+    ({"queue_size": 100, "batch_size": 64}, "--queue_size=100 must be a positive multiple of --batch_size=64"),
+    ({"alpha_end": 1.5}, "--alpha_end must be in \\[0, 1\\]"),
+    ({"alpha_start": -0.1}, "--alpha_start must be in \\[0, 1\\]"),
+    ({"warmup_epochs": 10, "epochs": 10}, "--warmup_epochs=10 must be in \\[0, --epochs=10\\)"),
+    ({"key_bn_splits": 3, "batch_size": 64, "queue_size": 128}, "--key_bn_splits=3 must divide"),
+    ({"num_clusters": ["10", "x"]}, "--num_clusters must be integers"),
+    ({"num_clusters": ["1"]}, "--num_clusters: each k must be >= 2"),
+    ({"temperature": 0.0}, "--temperature must be > 0"),
+    ({"moco_momentum": 1.0}, "--moco_momentum must be in \\[0, 1\\)"),
 ])
 def test_bad_flag_values_name_the_flag(overrides, message):
-    with flagsaver.flagsaver(**overrides):
-        with pytest.raises(config.ConfigError, match=message):
-            config.validate_flags(num_replicas=1)
+    with flagsaver.flagsaver(**overrides), pytest.raises(config.ConfigError, match=message):
+        config.validate_flags(num_replicas=1)
 
 
 def test_defaults_are_valid_and_batch_must_split_over_replicas():
     config.validate_flags(num_replicas=1)
-    with flagsaver.flagsaver(batch_size=255, queue_size=255 * 4):
-        with pytest.raises(config.ConfigError, match="multiple of the 2 replicas"):
-            config.validate_flags(num_replicas=2)
+    with flagsaver.flagsaver(batch_size=255, queue_size=255 * 4), \
+            pytest.raises(config.ConfigError, match="multiple of the 2 replicas"):
+        config.validate_flags(num_replicas=2)
 
 
 def test_k_larger_than_dataset_is_rejected_before_training():

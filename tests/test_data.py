@@ -41,7 +41,8 @@ def test_missing_fashion_mnist_names_file_and_install_command(tmp_path):
 def test_corrupt_idx_file_is_named(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte.gz"
     _write_idx(path, np.zeros((4, 2, 2)))
-    raw = gzip.open(path).read()
+    with gzip.open(path) as f:
+        raw = f.read()
     with gzip.open(path, "wb") as f:
         f.write(raw[:-3])  # truncated
     with pytest.raises(data.DataError, match=f"corrupt data file {path}"):
@@ -114,7 +115,7 @@ def test_image_folder_in_imagenet_layout(tmp_path):
     source = data.load_source(f"folder:{tmp_path}")
     assert (source.num_examples, source.num_classes) == (6, 2)
     np.testing.assert_array_equal(source.labels, [0, 0, 0, 1, 1, 1])
-    index, view_q, view_k = next(iter(data.train_pipeline(source, 4, 16, seed=0)))
+    _index, view_q, _view_k = next(iter(data.train_pipeline(source, 4, 16, seed=0)))
     assert view_q.shape == (4, 16, 16, 3)
     _, images = next(iter(data.embedding_pipeline(source, 6, 16)))
     assert images.shape == (6, 16, 16, 3)
