@@ -17,11 +17,13 @@ from absl import flags
 flags.FLAGS.mark_as_parsed()  # library code reads flag defaults; tests override via flagsaver
 
 
-@pytest.fixture
+# One strategy object per process: several two-device strategies in one process reuse
+# collective instance keys and abort ("Collective instance 100 expected type ...").
+@pytest.fixture(scope="session")
 def one_replica():
     return tf.distribute.MirroredStrategy(["/cpu:0"])
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def two_replicas():
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
