@@ -110,8 +110,13 @@ def run() -> str | None:
     initial_epoch = int(epoch_counter.numpy())
     if initial_epoch < f.epochs:
         train_data = data.train_pipeline(source, f.batch_size, f.image_size, f.seed,
-                                         cache=f.cache_images).repeat()
-        moco.fit(train_data, epochs=f.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                                         cache=f.cache_images)
+        if f.steps_per_epoch:  # epochs shorter or longer than one pass over the data
+            train_data = train_data.repeat()
+        # A finite dataset ends each epoch with an exhausted iterator: tearing down a repeated
+        # one mid-stream stalled the end of fit by ~20 s on Fashion-MNIST (BUILD_NOTES.md).
+        moco.fit(train_data, epochs=f.epochs, initial_epoch=initial_epoch,
+                 steps_per_epoch=f.steps_per_epoch or None,
                  callbacks=make_callbacks(moco, strategy, source, manager, epoch_counter),
                  verbose=f.verbose, shuffle=False)
     if not f.export:

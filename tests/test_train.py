@@ -109,3 +109,18 @@ def test_missing_fashion_mnist_tells_how_to_install(tmp_path):
     result = _train(tmp_path, "--dataset=fashion_mnist", f"--data_dir={tmp_path}")
     assert result.returncode != 0
     assert "apt-get install dataset-fashion-mnist" in result.stderr.strip().splitlines()[-1]
+
+
+def test_plain_moco_baseline_masks_nothing(tmp_path):
+    result = _train(tmp_path, "--ifnd=false", "--epochs=2", "--export=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "IFND epoch" not in result.stdout
+    assert "masked: 0.0000e+00" in result.stdout.splitlines()[-1]
+
+
+def test_attraction_bfloat16_and_xla_run(tmp_path):
+    result = _train(tmp_path, "--fn_strategy=attraction", "--mixed_precision=bfloat16",
+                    "--jit_compile=on", "--epochs=2", "--export=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.splitlines()[-1]
+    assert "alpha: 1.0000" in last and "masked: 0.0000e+00" not in last
