@@ -1,17 +1,25 @@
-"""The MoCo v2 augmentation, on float images in [0, 1].
+"""The MoCo v2 augmentation, on float images in [0, 1], with stateless randomness.
 
-Per example (inside tf.data.map, handles any input size): random resized crop.
-Per batch (vectorised Keras 3 layers): flip, colour jitter (p=0.8), grayscale (p=0.2) and,
-for large images, Gaussian blur (p=0.5). keras-cv is not used (see BUILD_NOTES.md).
+Every random draw comes from a seed derived from (run seed, data pass, dataset index, view), so
+an example's two views depend on nothing else: not on thread scheduling, not on how many
+batches came before, not on whether the run was resumed from a checkpoint.
+
+Per example (inside tf.data.map, any input size): random resized crop, and a draw of the
+photometric parameters. Per batch (vectorised): flip, colour jitter (p=0.8), grayscale (p=0.2)
+and, for crops of 64 px or more, Gaussian blur (p=0.5) — torchvision's MoCo v2 recipe.
 """
 import math
 
-import keras
 import tensorflow as tf
 
 CROP_SCALE = (0.2, 1.0)  # MoCo v2
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+JITTER_STRENGTH = 0.4  # brightness, contrast, saturation; hue gets a quarter of it
 BLUR_MIN_IMAGE_SIZE = 64  # MoCo v2 blurs ImageNet-size crops; tiny images lose too much
+BLUR_SIGMA = (0.1, 2.0)
+# Columns of the per-view parameter vector.
+FLIP, JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE, GRAY, BLUR, SIGMA = range(9)
+NUM_PARAMS = 9
 
 
 def to_float_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -22,21 +30,23 @@ def to_float_rgb(image: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def random_resized_crop(image: tf.Tensor, size: int, scale=CROP_SCALE,
+def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor, scale=CROP_SCALE,
                         ratio=CROP_RATIO) -> tf.Tensor:
-    """Crop a random area fraction `scale` and aspect `ratio` of one image, resize to size²."""
+    """Crop a random area fraction `scale` and aspect `ratio` of one image, resize to size².
+
+    A crop that would not fit is clipped to the image (torchvision retries instead).
+    """
+    u = tf.random.stateless_uniform([4], seed)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    area = tf.random.uniform([], *scale)
-    log_ratio = tf.random.uniform([], math.log(ratio[0]), math.log(ratio[1]))
-    aspect = tf.exp(log_ratio)
+    area = scale[0] + (scale[1] - scale[0]) * u[0]
+    aspect = tf.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1])
     pixels = area * shape[0] * shape[1]
     height = tf.minimum(tf.sqrt(pixels / aspect) / shape[0], 1.0)
     width = tf.minimum(tf.sqrt(pixels * aspect) / shape[1], 1.0)
-    top = tf.random.uniform([], 0.0, 1.0 - height + 1e-7)
-    left = tf.random.uniform([], 0.0, 1.0 - width + 1e-7)
+    top = (1.0 - height) * u[2]
+    left = (1.0 - width) * u[3]
     box = tf.stack([top, left, top + height, left + width])[None]
-    crop = tf.image.crop_and_resize(image[None], box, [0], [size, size])
-    return crop[0]
+    return tf.image.crop_and_resize(image[None], box, [0], [size, size])[0]
 
 
 def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -50,30 +60,69 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.image.resize(image, [size, size])
 
 
-class MoCoV2Augment(keras.layers.Layer):
-    """Batch-level photometric augmentation of MoCo v2 on [0, 1] images."""
+def sample_photometric_params(seed: tf.Tensor, strength: float = JITTER_STRENGTH) -> tf.Tensor:
+    """One view's draws: flip, jitter on/off and factors, grayscale, blur and its sigma."""
+    u = tf.random.stateless_uniform([NUM_PARAMS], seed)
+    coins = tf.cast(u < [0.5, 0.8, 0.0, 0.0, 0.0, 0.0, 0.2, 0.5, 0.0], tf.float32)
+    factors = 1.0 + strength * (2.0 * u - 1.0)
+    hue_shift = strength / 4 * (2.0 * u[HUE] - 1.0)
+    sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[SIGMA]
+    return tf.stack([coins[FLIP], coins[JITTER], factors[BRIGHTNESS], factors[CONTRAST],
+                     factors[SATURATION], hue_shift, coins[GRAY], coins[BLUR], sigma])
 
-    def __init__(self, image_size: int, jitter_strength: float = 0.4, seed: int | None = None,
-                 **kwargs):
-        super().__init__(**kwargs)
-        self.flip = keras.layers.RandomFlip("horizontal", seed=seed)
-        self.jitter = keras.layers.RandomColorJitter(
-            value_range=(0, 1), brightness_factor=jitter_strength,
-            contrast_factor=jitter_strength, saturation_factor=jitter_strength,
-            hue_factor=jitter_strength / 4, seed=seed)
-        self.grayscale = keras.layers.RandomGrayscale(factor=0.2, seed=seed)
-        self.blur = None
-        if image_size >= BLUR_MIN_IMAGE_SIZE:
-            kernel = 2 * (image_size // 20) + 1  # ~10% of the image side, odd
-            self.blur = keras.layers.RandomGaussianBlur(
-                factor=(0.5, 0.5), kernel_size=kernel, sigma=(0.1, 2.0), value_range=(0, 1),
-                seed=seed)
 
-    def call(self, images: tf.Tensor) -> tf.Tensor:
-        images = self.flip(images)
-        apply_jitter = tf.random.uniform([tf.shape(images)[0], 1, 1, 1]) < 0.8
-        images = tf.where(apply_jitter, self.jitter(images), images)
-        images = self.grayscale(images)
-        if self.blur is not None:
-            images = self.blur(images)
-        return tf.clip_by_value(images, 0.0, 1.0)
+def view_with_params(image: tf.Tensor, size: int, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """A random resized crop of one float image and the photometric draws for it."""
+    crop_seed = tf.random.experimental.stateless_fold_in(seed, 0)
+    params_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    return random_resized_crop(image, size, crop_seed), sample_photometric_params(params_seed)
+
+
+def _per_image(values: tf.Tensor) -> tf.Tensor:
+    return values[:, None, None, None]
+
+
+def _gray(images: tf.Tensor) -> tf.Tensor:
+    return tf.image.rgb_to_grayscale(images)
+
+
+def _color_jitter(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
+    """torchvision ColorJitter semantics (multiplicative factors, hue shift), fixed order."""
+    x = tf.clip_by_value(images * _per_image(params[:, BRIGHTNESS]), 0.0, 1.0)
+    mean = tf.reduce_mean(_gray(x), axis=[1, 2, 3], keepdims=True)
+    x = tf.clip_by_value((x - mean) * _per_image(params[:, CONTRAST]) + mean, 0.0, 1.0)
+    gray = _gray(x)
+    x = tf.clip_by_value((x - gray) * _per_image(params[:, SATURATION]) + gray, 0.0, 1.0)
+    hsv = tf.image.rgb_to_hsv(x)
+    hue = tf.math.floormod(hsv[..., 0] + params[:, HUE, None, None], 1.0)
+    return tf.image.hsv_to_rgb(tf.stack([hue, hsv[..., 1], hsv[..., 2]], axis=-1))
+
+
+def _gaussian_blur(images: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    """Separable blur with one sigma per image, kernel ~10% of the side, reflect padding."""
+    batch, height, width, channels = images.shape
+    radius = height // 20
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    weights = tf.exp(-(offsets[None, :] ** 2) / (2.0 * sigma[:, None] ** 2))
+    weights = weights / tf.reduce_sum(weights, axis=1, keepdims=True)  # [B, K]
+    per_channel = tf.transpose(tf.repeat(weights, channels, axis=0))  # [K, B*C]
+    # Fold the batch into channels so each image gets its own kernel in one depthwise conv.
+    folded = tf.reshape(tf.transpose(images, [1, 2, 0, 3]), [1, height, width, batch * channels])
+    padded = tf.pad(folded, [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
+    kernel = per_channel[:, None, :, None]
+    blurred = tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")
+    blurred = tf.nn.depthwise_conv2d(blurred, tf.transpose(kernel, [1, 0, 2, 3]), [1, 1, 1, 1],
+                                     "VALID")
+    return tf.transpose(tf.reshape(blurred, [height, width, batch, channels]), [2, 0, 1, 3])
+
+
+def apply_photometric(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
+    """Flip, jitter, grayscale and (large crops only) blur a batch [B, H, W, 3] by its params."""
+    images = tf.where(_per_image(params[:, FLIP]) > 0, tf.reverse(images, axis=[2]), images)
+    images = tf.where(_per_image(params[:, JITTER]) > 0, _color_jitter(images, params), images)
+    gray = tf.image.grayscale_to_rgb(_gray(images))
+    images = tf.where(_per_image(params[:, GRAY]) > 0, gray, images)
+    if images.shape[1] >= BLUR_MIN_IMAGE_SIZE:
+        blurred = _gaussian_blur(images, params[:, SIGMA])
+        images = tf.where(_per_image(params[:, BLUR]) > 0, blurred, images)
+    return tf.clip_by_value(images, 0.0, 1.0)

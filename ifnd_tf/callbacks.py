@@ -1,4 +1,6 @@
 """Keras callbacks: the per-epoch pseudo-label pass (the IFND part) and checkpointing."""
+import math
+import os
 import time
 from collections.abc import Sequence
 
@@ -25,7 +27,8 @@ class DatasetEmbedder:
         # Distributed once: a new distributed dataset each call would retrace the step.
         self.dataset = strategy.experimental_distribute_dataset(dataset)
 
-        @tf.function(reduce_retracing=True)
+        # The element spec has an unknown batch size: the last, smaller batch does not retrace.
+        @tf.function(input_signature=self.dataset.element_spec)
         def embed_batch(index, images):
             def on_replica(index, images):
                 return index, encoder(images, training=False)[output]
@@ -53,8 +56,9 @@ class PseudoLabelCallback(keras.callbacks.Callback):
     Writes accepted labels into `model.pseudo_labels` (levels x N, -1 = none). Prints and writes
     to TensorBoard (log_dir, tags ifnd/*) alpha, the accepted fraction and cluster sizes per
     level, and the pair precision / recall of the false negatives the loss will now mask (only
-    when true labels are given; they are never trained on). alpha and fn_precision / fn_recall
-    also join the epoch logs, so they show on the progress line.
+    when true labels are given; they are never trained on). alpha, the number of accepted
+    samples and the diagnostics (fn_precision, fn_recall, purity_k<k> per level) also join the
+    epoch logs, so they show on the progress line and in diagnostics/history.json.
     """
 
     def __init__(self, embedding_data: tf.data.Dataset, num_examples: int,
@@ -83,6 +87,8 @@ class PseudoLabelCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         alpha = clustering.acceptance_rate(epoch, **self.schedule)
         self.epoch_logs, self.details = {"alpha": alpha}, {}
+        # Nothing accepted yet: the same keys every epoch (0 = nothing detected).
+        self._log_label_diagnostics(np.full(self.model.pseudo_labels.shape, -1))
         if alpha > 0:
             self._update_pseudo_labels(epoch, alpha)
         else:
@@ -117,10 +123,14 @@ class PseudoLabelCallback(keras.callbacks.Callback):
             self.details[f"largest_cluster_k{level.k}"] = level.largest_cluster
             self.details[f"median_cluster_k{level.k}"] = level.median_cluster
             self.details[f"smallest_cluster_k{level.k}"] = level.smallest_cluster
+        self._log_label_diagnostics(labels)
+
+    def _log_label_diagnostics(self, labels: np.ndarray) -> None:
+        """Accepted samples and, given true labels, FN precision / recall and purity per level."""
+        self.epoch_logs["accepted"] = diagnostics.num_accepted(labels)
         if self.true_labels is not None:
-            quality = diagnostics.false_negative_quality(labels, self.true_labels)
-            self.epoch_logs["fn_precision"] = quality.precision
-            self.epoch_logs["fn_recall"] = quality.recall
+            self.epoch_logs.update(
+                diagnostics.label_quality(labels, self.true_labels, self.num_clusters))
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -142,3 +152,61 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.epoch_counter.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
+
+
+class MetricsCsv(keras.callbacks.Callback):
+    """One row of epoch logs per epoch in a CSV file, kept consistent across resumes.
+
+    Rows of epochs a resumed run will train again (killed after logging, before the checkpoint)
+    are dropped first, so the file always has one row per completed epoch.
+    """
+
+    def __init__(self, path: str, completed_epochs: int):
+        super().__init__()
+        self.path = path
+        self.columns: list[str] = []
+        if os.path.exists(path):
+            with open(path) as f:
+                header, *rows = f.read().splitlines() or [""]
+            self.columns = header.split(",")[1:]
+            kept = [row for row in rows if row and int(row.split(",")[0]) < completed_epochs]
+            with open(path, "w") as f:
+                f.write("\n".join([header, *kept]) + "\n")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if not self.columns:
+            self.columns = sorted(logs)
+            with open(self.path, "w") as f:
+                f.write(",".join(["epoch", *self.columns]) + "\n")
+        with open(self.path, "a") as f:
+            f.write(",".join([str(epoch), *(repr(float(logs.get(c, "nan"))) for c in self.columns)])
+                    + "\n")
+
+
+class DivergenceError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops at the first non-finite loss, before any checkpoint of the broken state is written.
+
+    The checkpoint callback saves only at epoch end, so the last good checkpoint survives.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, steps_per_epoch: int):
+        super().__init__()
+        self.manager = manager
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            step = self.epoch * self.steps_per_epoch + batch + 1
+            raise DivergenceError(
+                f"loss is {loss} at step {step} (epoch {self.epoch + 1}, batch {batch + 1}); "
+                f"stopped, last good checkpoint kept: {self.manager.latest_checkpoint or 'none yet'}")

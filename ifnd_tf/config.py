@@ -16,7 +16,9 @@ flags.DEFINE_string("dataset", "fashion_mnist",
 flags.DEFINE_string("data_dir", None, "Where the data lives (TFDS data_dir or IDX folder).")
 flags.DEFINE_bool("download", False, "Let TFDS download the dataset (needs network).")
 flags.DEFINE_integer("image_size", 28, "Side of the square training crops.")
-flags.DEFINE_bool("cache_images", True, "Cache decoded images in memory (TFDS / folder).")
+flags.DEFINE_bool("verify_images", True,
+                  "Image folders: decode every file once at start-up and leave out unreadable ones.")
+flags.DEFINE_bool("strict_data", False, "Stop on an unreadable image instead of skipping it.")
 
 # Model
 flags.DEFINE_enum("backbone", "small", sorted(model.BACKBONES), "Encoder backbone.")
@@ -57,6 +59,9 @@ flags.DEFINE_integer("embed_batch_size", 1024, "Batch size of the clustering emb
 # Runtime
 flags.DEFINE_string("model_dir", "/tmp/ifnd_tf", "Checkpoints, logs, flags.json and export.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_bool("deterministic", True,
+                  "TF op determinism: the same seed gives the same loss curve on CPU. Costs speed "
+                  "on GPU, where some ops have no deterministic kernel (BUILD_NOTES.md).")
 flags.DEFINE_integer("cpu_replicas", 1,
                      "Without GPUs: split the CPU into this many logical devices (MirroredStrategy).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],
@@ -65,6 +70,39 @@ flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
                   "Mixed-precision policy of the encoders.")
 flags.DEFINE_bool("export", True, "Export the encoder as a SavedModel after training.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (2 = one line per epoch).")
+
+
+# Flags that define a run: resuming from a --model_dir written with other values would mix runs.
+RUN_DEFINING_FLAGS = (
+    "dataset", "image_size", "backbone", "width_multiplier", "embedding_dim", "sync_bn",
+    "key_bn_splits", "epochs", "steps_per_epoch", "batch_size", "learning_rate", "sgd_momentum",
+    "weight_decay", "temperature", "moco_momentum", "queue_size", "ifnd", "fn_strategy",
+    "num_clusters", "warmup_epochs", "alpha_start", "alpha_end", "alpha_shape", "kmeans_backend",
+    "kmeans_iterations", "kmeans_max_points_per_centroid", "seed", "mixed_precision")
+
+
+# Evaluation: the kNN monitor of ifnd_tf.train, ifnd_tf.linear_eval, ifnd_tf.finetune and
+# ifnd_tf.compare (which pass the pre-training flags through, e.g. --flagfile).
+flags.DEFINE_integer("knn_every", 1,
+                     "kNN monitor every this many epochs and at the last epoch (0 = off): "
+                     "weighted kNN top-1 of test against train backbone features.")
+flags.DEFINE_integer("knn_k", 200, "Neighbours of the weighted kNN classifier.")
+flags.DEFINE_float("knn_temperature", 0.1, "kNN vote weight exp(cosine similarity / this).")
+flags.DEFINE_string("saved_model", None,
+                    "linear_eval / finetune: a run's export/saved_model (encoder.keras next to it "
+                    "is loaded); default <--model_dir>/export/saved_model.")
+flags.DEFINE_string("eval_dir", None,
+                    "Where linear_eval / finetune write result.json; default <run>/linear_eval or "
+                    "<run>/finetune, beside the export folder.")
+flags.DEFINE_integer("eval_batch_size", 256, "Batch size of the linear probe and fine-tuning.")
+flags.DEFINE_enum("eval_schedule", "cosine", ["cosine", "step"],
+                  "Learning-rate schedule of the probe and fine-tuning (step: x0.1 at 60%, 80%).")
+flags.DEFINE_integer("linear_epochs", 100, "Epochs of the linear probe.")
+flags.DEFINE_float("linear_learning_rate", 0.1, "SGD learning rate of the linear probe.")
+flags.DEFINE_list("finetune_fractions", ["0.01", "0.1"],
+                  "Fractions of the train split used as labelled data (class-balanced, seeded).")
+flags.DEFINE_list("finetune_epochs", ["60", "30"], "Fine-tuning epochs, one per fraction.")
+flags.DEFINE_float("finetune_learning_rate", 0.05, "SGD learning rate of fine-tuning.")
 
 
 class ConfigError(ValueError):
@@ -121,3 +159,43 @@ def validate_against_data(num_examples: int) -> None:
         too_big = [k for k in cluster_counts() if k > num_examples]
         _check(not too_big, f"--num_clusters: k={too_big} larger than the dataset "
                             f"({num_examples} examples)")
+
+
+def check_same_run(saved: dict) -> None:
+    """Refuse to resume a run whose run-defining flags differ from the current ones."""
+    changed = [f"--{name}: {saved[name]!r} -> {FLAGS[name].value!r}" for name in RUN_DEFINING_FLAGS
+               if name in saved and saved[name] != FLAGS[name].value]
+    _check(not changed, f"--model_dir={FLAGS.model_dir} holds a run with other flags "
+                        f"({'; '.join(changed)}); use a new --model_dir or the same flags")
+
+
+def validate_eval_flags() -> None:
+    """Checks of the evaluation flags (kNN monitor, linear_eval, finetune)."""
+    f = FLAGS
+    _check(f.knn_every >= 0, f"--knn_every must be >= 0, got {f.knn_every}")
+    _check(f.knn_k >= 1, f"--knn_k must be >= 1, got {f.knn_k}")
+    _check(f.knn_temperature > 0, f"--knn_temperature must be > 0, got {f.knn_temperature}")
+    _check(f.eval_batch_size >= 1, f"--eval_batch_size must be >= 1, got {f.eval_batch_size}")
+    _check(f.linear_epochs >= 1, f"--linear_epochs must be >= 1, got {f.linear_epochs}")
+    _check(f.linear_learning_rate > 0,
+           f"--linear_learning_rate must be > 0, got {f.linear_learning_rate}")
+    _check(f.finetune_learning_rate > 0,
+           f"--finetune_learning_rate must be > 0, got {f.finetune_learning_rate}")
+    finetune_plan()
+
+
+def finetune_plan() -> list[tuple[float, int]]:
+    """(labelled fraction, epochs) pairs from --finetune_fractions and --finetune_epochs."""
+    f = FLAGS
+    try:
+        fractions = [float(x) for x in f.finetune_fractions]
+        epochs = [int(x) for x in f.finetune_epochs]
+    except ValueError as e:
+        raise ConfigError(f"--finetune_fractions / --finetune_epochs must be numbers: {e}") from e
+    _check(len(fractions) == len(epochs) > 0,
+           f"--finetune_epochs needs one value per --finetune_fractions value, got "
+           f"{f.finetune_epochs} for {f.finetune_fractions}")
+    _check(all(0 < x <= 1 for x in fractions),
+           f"--finetune_fractions must be in (0, 1], got {f.finetune_fractions}")
+    _check(all(e >= 1 for e in epochs), f"--finetune_epochs must be >= 1, got {f.finetune_epochs}")
+    return list(zip(fractions, epochs))

@@ -1,12 +1,15 @@
 """Training data: every example carries its dataset index (the queue and labels need it).
 
-`load_source` turns a dataset name into a `Source` of (index, uint8 image) in a fixed order;
-`train_pipeline` makes the two augmented views, `embedding_pipeline` the un-augmented view used
-by the clustering pass. True labels are kept only for evaluation and diagnostics.
+`load_source` turns a dataset name into a `Source` that reads image i by its index (random
+access: arrays in memory, or one file per image); `train_pipeline` makes the two augmented views,
+`embedding_pipeline` the un-augmented view used by the clustering pass. True labels are kept only
+for evaluation and diagnostics.
 """
+import concurrent.futures
 import dataclasses
 import gzip
 import os
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -28,20 +31,27 @@ class Source:
     """A dataset split in a fixed order: example i has dataset index i."""
 
     name: str
-    examples: tf.data.Dataset  # (index int64, image uint8 [H, W, C])
+    read: Callable[[tf.Tensor], tf.Tensor]  # int64 index (or, in memory, a vector) -> uint8 image
     num_examples: int
     labels: np.ndarray | None  # true labels: diagnostics and evaluation only
     num_classes: int | None
-    in_memory: bool
+    in_memory: bool  # equal-size images held in memory: `read` takes a batch of indices
+
+    @property
+    def examples(self) -> tf.data.Dataset:
+        """(index, image) for every example, in index order."""
+        return tf.data.Dataset.range(self.num_examples).map(
+            lambda i: (i, self.read(i)), num_parallel_calls=AUTOTUNE)
 
 
 def _from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None) -> Source:
+    """In memory: a constant tensor read with tf.gather (fits datasets up to ~2 GB)."""
     if images.ndim == 3:
         images = images[..., None]
-    examples = tf.data.Dataset.from_tensor_slices(
-        (np.arange(len(images), dtype=np.int64), images))
+    pixels = tf.constant(images)
     num_classes = int(labels.max()) + 1 if labels is not None else None
-    return Source(name, examples, len(images), labels, num_classes, in_memory=True)
+    return Source(name, lambda i: tf.gather(pixels, i), len(images), labels, num_classes,
+                  in_memory=True)
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -84,57 +94,100 @@ def _digits(split: str) -> Source:
 
 
 def _tfds(name: str, split: str, data_dir: str | None, download: bool) -> Source:
+    """A TFDS image dataset, read once into memory (CIFAR / STL size; ImageNet: use folder:)."""
     import tensorflow_datasets as tfds
 
-    load = {"split": split, "data_dir": data_dir, "download": download, "shuffle_files": False}
     try:
-        ds, info = tfds.load(name, with_info=True, **load)
-        label_only = tfds.load(name, decoders={"image": tfds.decode.SkipDecoding()}, **load)
+        ds, info = tfds.load(name, split=split, data_dir=data_dir, download=download,
+                             shuffle_files=False, with_info=True)
     except Exception as e:  # TFDS raises several types for missing data; all end up here
         hint = "" if download else " (pass --download to fetch it, or --data_dir where it lives)"
         raise DataError(f"--dataset={name}: TFDS could not load split {split!r}{hint}: "
                         f"{str(e).splitlines()[0]}") from e
-    labels = None
-    num_classes = None
-    if "label" in info.features:
-        labels = np.fromiter(label_only.map(lambda ex: ex["label"]).as_numpy_iterator(), np.int64)
-        num_classes = info.features["label"].num_classes
-    examples = ds.enumerate().map(lambda i, ex: (i, ex["image"]))
-    num_examples = len(labels) if labels is not None else info.splits[split].num_examples
-    return Source(name, examples, num_examples, labels, num_classes, in_memory=False)
+    has_labels = "label" in info.features
+    images, labels = [], []
+    for example in tfds.as_numpy(ds):
+        images.append(example["image"])
+        labels.append(example["label"] if has_labels else -1)
+    if len({image.shape for image in images}) > 1:
+        raise DataError(f"--dataset={name}: images differ in size; use --dataset=folder:/path")
+    source = _from_arrays(name, np.stack(images), np.asarray(labels, np.int64) if has_labels else None)
+    if has_labels:
+        source.num_classes = info.features["label"].num_classes
+    return source
 
 
-def _image_folder(root: str, split: str) -> Source:
+def _readable(path: str) -> bool:
+    try:
+        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return True
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+            tf.errors.PermissionDeniedError, tf.errors.UnknownError):
+        return False
+
+
+def _drop_unreadable(paths: list[str], labels: list[int], root: str,
+                     strict: bool) -> tuple[list[str], list[int]]:
+    """Decode every file once (in threads) so training never meets a corrupt image mid-epoch."""
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
+        readable = list(pool.map(_readable, paths))
+    bad = [p for p, ok in zip(paths, readable) if not ok]
+    if bad and strict:
+        raise DataError(f"unreadable image {bad[0]} ({len(bad)} in {root}); "
+                        "drop --strict_data to skip them")
+    if bad:
+        print(f"skipped {len(bad)} unreadable images in {root} (first: {bad[0]})", flush=True)
+    kept = [(p, y) for p, y, ok in zip(paths, labels, readable) if ok]
+    return [p for p, _ in kept], [y for _, y in kept]
+
+
+def _list_class_folders(root: str) -> tuple[list[str], list[str], list[int]]:
+    """Sorted class names, and image paths with their class, in a stable order."""
+    try:
+        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        paths, labels = [], []
+        for label, cls in enumerate(classes):
+            files = sorted(f for f in os.listdir(os.path.join(root, cls))
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            paths += [os.path.join(root, cls, f) for f in files]
+            labels += [label] * len(files)
+    except OSError as e:
+        raise DataError(f"--dataset=folder:{root}: cannot read {e.filename}: {e.strerror}") from e
+    return classes, paths, labels
+
+
+def _image_folder(root: str, split: str, verify: bool, strict: bool) -> Source:
     """Class sub-folders of images (ImageNet-100 layout: root/{train,val}/class/*.JPEG)."""
     split_dir = {"train": "train", "test": "val"}[split]
     if os.path.isdir(os.path.join(root, split_dir)):
         root = os.path.join(root, split_dir)
     if not os.path.isdir(root):
         raise DataError(f"--dataset=folder:{root}: no such folder")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    paths, labels = [], []
-    for label, cls in enumerate(classes):
-        files = sorted(f for f in os.listdir(os.path.join(root, cls))
-                       if f.lower().endswith(IMAGE_EXTENSIONS))
-        paths += [os.path.join(root, cls, f) for f in files]
-        labels += [label] * len(files)
+    classes, paths, labels = _list_class_folders(root)
+    if verify:
+        paths, labels = _drop_unreadable(paths, labels, root, strict)
     if not paths:
-        raise DataError(f"--dataset=folder:{root}: no images in class sub-folders "
+        raise DataError(f"--dataset=folder:{root}: no readable images in class sub-folders "
                         f"(expected {root}/<class>/<image>{IMAGE_EXTENSIONS[0]})")
 
-    def decode(index, path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return index, image
+    files = tf.constant(paths)
 
-    examples = tf.data.Dataset.from_tensor_slices(
-        (np.arange(len(paths), dtype=np.int64), paths)).map(decode, num_parallel_calls=AUTOTUNE)
-    return Source(f"folder:{root}", examples, len(paths), np.asarray(labels, np.int64),
+    def read(index):
+        return tf.io.decode_image(tf.io.read_file(files[index]), channels=3,
+                                  expand_animations=False)
+
+    return Source(f"folder:{root}", read, len(paths), np.asarray(labels, np.int64),
                   len(classes), in_memory=False)
 
 
 def load_source(dataset: str, split: str = "train", data_dir: str | None = None,
-                download: bool = False) -> Source:
-    """`fashion_mnist` | `digits` | `folder:/path` | any TFDS name, split train or test."""
+                download: bool = False, verify_images: bool = True,
+                strict: bool = False) -> Source:
+    """`fashion_mnist` | `digits` | `folder:/path` | any TFDS name, split train or test.
+
+    verify_images / strict apply to image folders: unreadable files are skipped with a count,
+    or stop the run when strict.
+    """
     if split not in ("train", "test"):
         raise DataError(f"split must be train or test, got {split!r}")
     if dataset == "fashion_mnist":
@@ -142,28 +195,50 @@ def load_source(dataset: str, split: str = "train", data_dir: str | None = None,
     if dataset == "digits":
         return _digits(split)
     if dataset.startswith("folder:"):
-        return _image_folder(dataset[len("folder:"):], split)
+        return _image_folder(dataset[len("folder:"):], split, verify_images, strict)
     return _tfds(dataset, split, data_dir, download)
 
 
 def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
-                   cache: bool = True, shuffle_buffer: int = 50_000) -> tf.data.Dataset:
-    """Shuffled batches of (index, view_q, view_k), two independent MoCo v2 augmentations."""
-    augmenter = augment.MoCoV2Augment(image_size, seed=seed)
-    ds = source.examples
-    if cache and not source.in_memory:
-        ds = ds.cache()
-    ds = ds.shuffle(min(source.num_examples, shuffle_buffer), seed=seed,
-                    reshuffle_each_iteration=True)
+                   start_step: int = 0, num_steps: int | None = None) -> tf.data.Dataset:
+    """Batches of (index, view_q, view_k): two independent MoCo v2 augmentations.
 
-    def two_crops(index, image):
-        image = augment.to_float_rgb(image)
-        return (index, augment.random_resized_crop(image, image_size),
-                augment.random_resized_crop(image, image_size))
+    The stream is a function of (seed, step) only: pass p over the data visits the examples in
+    a permutation drawn from (seed, p), and every example's views come from (seed, p, index).
+    `start_step` skips the batches a resumed run already trained on; `num_steps` ends the stream
+    exactly when training ends (tearing down an endless stream mid-flight stalled the end of
+    fit, BUILD_NOTES.md).
+    """
+    batches_per_pass = source.num_examples // batch_size
+    first_pass, skip_batches = divmod(start_step, batches_per_pass)
 
-    ds = ds.map(two_crops, num_parallel_calls=AUTOTUNE)
+    def pass_seed(data_pass):
+        return tf.stack([tf.constant(seed, tf.int64), data_pass])
+
+    def one_pass(data_pass):
+        order = tf.argsort(tf.random.stateless_uniform([source.num_examples], pass_seed(data_pass)))
+        order = tf.cast(order[:batches_per_pass * batch_size], tf.int64)
+        return tf.data.Dataset.from_tensor_slices(order).map(lambda index: (data_pass, index))
+
+    def two_views(data_pass, index):
+        image = augment.to_float_rgb(source.read(index))
+        example = tf.random.experimental.stateless_fold_in(pass_seed(data_pass), index)
+        views = [augment.view_with_params(image, image_size,
+                                          tf.random.experimental.stateless_fold_in(example, v))
+                 for v in (0, 1)]
+        return index, views[0], views[1]
+
+    ds = tf.data.Dataset.range(first_pass, tf.int64.max).flat_map(one_pass)
+    ds = ds.skip(skip_batches * batch_size)
+    if num_steps is not None:
+        ds = ds.take(num_steps * batch_size)
+    ds = ds.map(two_views, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.map(lambda i, q, k: (i, augmenter(q), augmenter(k)), num_parallel_calls=AUTOTUNE)
+
+    def photometric(index, view_q, view_k):
+        return (index, augment.apply_photometric(*view_q), augment.apply_photometric(*view_k))
+
+    ds = ds.map(photometric, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)
 
 
@@ -172,8 +247,9 @@ def embedding_pipeline(source: Source, batch_size: int, image_size: int) -> tf.d
     def center(index, image):
         return index, augment.center_crop(augment.to_float_rgb(image), image_size)
 
-    if source.in_memory:  # equal-size images: convert whole batches, far fewer ops
-        ds = source.examples.batch(batch_size).map(center, num_parallel_calls=AUTOTUNE)
+    if source.in_memory:  # equal-size images: read and convert whole batches, far fewer ops
+        ds = tf.data.Dataset.range(source.num_examples).batch(batch_size)
+        ds = ds.map(lambda i: center(i, source.read(i)), num_parallel_calls=AUTOTUNE)
     else:
         ds = source.examples.map(center, num_parallel_calls=AUTOTUNE).batch(batch_size)
     return ds.prefetch(AUTOTUNE)

@@ -1,5 +1,8 @@
 """How good are the detected false negatives? Measured against true labels, never trained on.
 
+Per epoch: pair precision / recall of the detected false negatives, the purity of the accepted
+pseudo-labels at each hierarchy level, and how many samples hold an accepted label.
+
 A pair of distinct samples (i, j) is *detected* when they share an accepted pseudo-label at
 some hierarchy level (exactly the rule the loss uses), and is a *true* false negative when
 they share a true class. Counts are exact, over all N(N-1)/2 pairs, via inclusion-exclusion
@@ -57,3 +60,33 @@ def false_negative_quality(pseudo_labels: np.ndarray, true_labels: np.ndarray) -
     precision = correct / detected if detected else 0.0
     recall = correct / true_pairs if true_pairs else 0.0
     return FalseNegativeQuality(precision, recall, detected, true_pairs)
+
+
+def accepted_purity(labels: np.ndarray, true_labels: np.ndarray) -> float:
+    """Purity of one level's accepted labels: the fraction of accepted samples whose true class
+    is the most frequent true class of their cluster (0 when nothing is accepted)."""
+    labels = np.asarray(labels, np.int64)
+    accepted = labels >= 0
+    if not accepted.any():
+        return 0.0
+    _, cluster = np.unique(labels[accepted], return_inverse=True)
+    _, truth = np.unique(np.asarray(true_labels)[accepted], return_inverse=True)
+    table = np.zeros((cluster.max() + 1, truth.max() + 1), np.int64)
+    np.add.at(table, (cluster, truth), 1)
+    return float(table.max(axis=1).sum() / accepted.sum())
+
+
+def num_accepted(pseudo_labels: np.ndarray) -> int:
+    """Samples with an accepted label at one level or more (those whose false negatives count)."""
+    return int(np.any(np.atleast_2d(pseudo_labels) >= 0, axis=0).sum())
+
+
+def label_quality(pseudo_labels: np.ndarray, true_labels: np.ndarray,
+                  num_clusters: list[int]) -> dict[str, float]:
+    """The per-epoch diagnostics as log entries: fn_precision, fn_recall, purity_k<k> per level."""
+    pseudo_labels = np.atleast_2d(pseudo_labels)
+    quality = false_negative_quality(pseudo_labels, true_labels)
+    result = {"fn_precision": quality.precision, "fn_recall": quality.recall}
+    for k, level in zip(num_clusters, pseudo_labels):
+        result[f"purity_k{k}"] = accepted_purity(level, true_labels)
+    return result

@@ -111,7 +111,7 @@ class MomentumContrast(keras.Model):
     def __init__(self, encoder: keras.Model, key_encoder: keras.Model, num_examples: int,
                  queue_size: int = 4096, num_levels: int = 1, temperature: float = 0.2,
                  momentum: float = 0.999, fn_strategy: str = losses.ELIMINATION,
-                 key_bn_splits: int = 1, weight_decay: float = 1e-4, **kwargs):
+                 key_bn_splits: int = 1, weight_decay: float = 1e-4, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.key_encoder = key_encoder
@@ -120,6 +120,7 @@ class MomentumContrast(keras.Model):
         self.fn_strategy = fn_strategy
         self.key_bn_splits = key_bn_splits
         self.weight_decay = weight_decay
+        self.seed = seed
         dim = encoder.output["embedding"].shape[-1]
         first = "only_first_replica"  # every replica computes the same update
         self.queue_keys = self.add_weight(shape=(queue_size, dim), initializer=_random_unit_rows,
@@ -155,16 +156,18 @@ class MomentumContrast(keras.Model):
                                       self.encoder.trainable_variables):
             key_var.assign(m * key_var + (1.0 - m) * tf.cast(query_var, key_var.dtype))
 
-    def momentum_keys(self, images: tf.Tensor) -> tf.Tensor:
+    def momentum_keys(self, images: tf.Tensor, step: tf.Tensor | int = 0) -> tf.Tensor:
         """Key embeddings with BN in training mode and no gradient.
 
         With key_bn_splits > 1 the batch is shuffled and normalised in groups (shuffle-BN on one
-        replica), so a query and its key never share BN statistics: no BN shortcut.
+        replica), so a query and its key never share BN statistics: no BN shortcut. The shuffle
+        is a stateless function of (seed, step): a resumed run shuffles as an uninterrupted one.
         """
         if self.key_bn_splits == 1:
             keys = self.key_encoder(images, training=True)["embedding"]
         else:
-            order = tf.random.shuffle(tf.range(tf.shape(images)[0]))
+            seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+            order = tf.argsort(tf.random.stateless_uniform([tf.shape(images)[0]], seed))
             groups = tf.split(tf.gather(images, order), self.key_bn_splits)
             shuffled = tf.concat([self.key_encoder(g, training=True)["embedding"] for g in groups], 0)
             keys = tf.gather(shuffled, tf.math.invert_permutation(order))
@@ -187,7 +190,7 @@ class MomentumContrast(keras.Model):
         index, view_q, view_k = data
         replica = tf.distribute.get_replica_context()
         self.update_key_encoder()
-        keys = self.momentum_keys(view_k)
+        keys = self.momentum_keys(view_k, self.optimizer.iterations)
         fn_mask = losses.false_negative_mask(tf.gather(self.pseudo_labels, index, axis=1),
                                              self.queue_labels())
         variables = self.encoder.trainable_variables

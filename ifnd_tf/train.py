@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from absl import app, logging
 
-from ifnd_tf import callbacks, config, data, export, model
+from ifnd_tf import callbacks, config, data, export, model, monitors
 from ifnd_tf.config import FLAGS
 
 
@@ -45,7 +45,7 @@ def build_model(num_examples: int, steps_per_epoch: int, jit: bool) -> model.Mom
         encoders[0], encoders[1], num_examples, queue_size=f.queue_size,
         num_levels=len(config.cluster_counts()) if f.ifnd else 1, temperature=f.temperature,
         momentum=f.moco_momentum, fn_strategy=f.fn_strategy, key_bn_splits=f.key_bn_splits,
-        weight_decay=f.weight_decay)
+        weight_decay=f.weight_decay, seed=f.seed)
     moco.copy_query_to_key_encoder()
     schedule = keras.optimizers.schedules.CosineDecay(
         f.learning_rate * f.batch_size / 256, decay_steps=f.epochs * steps_per_epoch)
@@ -70,14 +70,25 @@ def restore_latest(moco: model.MomentumContrast, model_dir: str):
 
 
 def write_flags(model_dir: str) -> None:
+    """flags.json of the run; a --model_dir that already holds a run must match it."""
+    path = os.path.join(model_dir, "flags.json")
+    if os.path.exists(path) and tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")):
+        with open(path) as f:
+            config.check_same_run(json.load(f))
     values = {flag.name: flag.value for flag in FLAGS.get_flags_for_module(config.__name__)}
-    with open(os.path.join(model_dir, "flags.json"), "w") as f:
+    with open(path + ".tmp", "w") as f:
         json.dump(values, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
 
 
-def make_callbacks(moco, strategy, source, manager, epoch_counter) -> list:
+def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
+                   initial_epoch: int) -> list:
     f = FLAGS
-    result = []
+    result = [callbacks.StopOnNonFiniteLoss(manager, steps)]
+    config.validate_eval_flags()
+    result.insert(0, monitors.EpochTimer())  # first: the epoch time includes the clustering pass
+    pictures = os.path.join(f.model_dir, "diagnostics")
+    writer = tf.summary.create_file_writer(os.path.join(f.model_dir, "logs", "diagnostics"))
     if f.ifnd:
         result.append(callbacks.PseudoLabelCallback(
             data.embedding_pipeline(source, f.embed_batch_size, f.image_size),
@@ -85,9 +96,22 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter) -> list:
             f.alpha_start, f.alpha_end, f.alpha_shape, f.kmeans_backend, f.seed, strategy,
             f.kmeans_iterations, f.kmeans_max_points_per_centroid, true_labels=source.labels,
             log_dir=os.path.join(f.model_dir, "logs", "ifnd")))
+    if f.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
+        try:
+            test = data.load_source(f.dataset, "test", f.data_dir, f.download)
+        except data.DataError as e:
+            raise data.DataError(f"{e} (the kNN monitor needs it; --knn_every=0 turns it off)") from e
+        result.append(monitors.KnnMonitor(
+            strategy, data.embedding_pipeline(source, f.embed_batch_size, f.image_size),
+            source.labels, data.embedding_pipeline(test, f.embed_batch_size, f.image_size),
+            test.labels, source.num_classes, f.knn_every, f.knn_k, f.knn_temperature, pictures,
+            writer, f.seed))
     result += [callbacks.LearningRateLogger(),
                keras.callbacks.TensorBoard(os.path.join(f.model_dir, "logs"), write_graph=False),
+               callbacks.MetricsCsv(os.path.join(f.model_dir, "metrics.csv"), initial_epoch),
                callbacks.CheckpointCallback(manager, epoch_counter)]
+    result.append(monitors.DiagnosticsPlotter(os.path.join(f.model_dir, "metrics.csv"), pictures,
+                                              writer))  # after metrics.csv has this epoch's row
     return result
 
 
@@ -97,9 +121,12 @@ def run() -> str | None:
     strategy = make_strategy(f.cpu_replicas)
     config.validate_flags(strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(f.seed)
+    if f.deterministic:
+        tf.config.experimental.enable_op_determinism()
     if f.mixed_precision != "off":
         keras.mixed_precision.set_global_policy(f"mixed_{f.mixed_precision}")
-    source = data.load_source(f.dataset, "train", f.data_dir, f.download)
+    source = data.load_source(f.dataset, "train", f.data_dir, f.download,
+                              verify_images=f.verify_images, strict=f.strict_data)
     config.validate_against_data(source.num_examples)
     os.makedirs(f.model_dir, exist_ok=True)
     write_flags(f.model_dir)
@@ -109,15 +136,13 @@ def run() -> str | None:
         manager, epoch_counter = restore_latest(moco, f.model_dir)
     initial_epoch = int(epoch_counter.numpy())
     if initial_epoch < f.epochs:
-        train_data = data.train_pipeline(source, f.batch_size, f.image_size, f.seed,
-                                         cache=f.cache_images)
-        if f.steps_per_epoch:  # epochs shorter or longer than one pass over the data
-            train_data = train_data.repeat()
-        # A finite dataset ends each epoch with an exhausted iterator: tearing down a repeated
-        # one mid-stream stalled the end of fit by ~20 s on Fashion-MNIST (BUILD_NOTES.md).
-        moco.fit(train_data, epochs=f.epochs, initial_epoch=initial_epoch,
-                 steps_per_epoch=f.steps_per_epoch or None,
-                 callbacks=make_callbacks(moco, strategy, source, manager, epoch_counter),
+        # The data stream is a function of (seed, step): a resumed run sees the same batches.
+        train_data = data.train_pipeline(
+            source, f.batch_size, f.image_size, f.seed, start_step=initial_epoch * steps,
+            num_steps=(f.epochs - initial_epoch) * steps)
+        moco.fit(train_data, epochs=f.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
+                 callbacks=make_callbacks(moco, strategy, source, manager, epoch_counter, steps,
+                                          initial_epoch),
                  verbose=f.verbose, shuffle=False)
     if not f.export:
         return None
@@ -131,7 +156,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
         run()
-    except (config.ConfigError, data.DataError) as e:
+    except (config.ConfigError, data.DataError, callbacks.DivergenceError) as e:
         sys.exit(f"ifnd_tf.train: error: {e}")
 
 

@@ -11,11 +11,15 @@ def test_to_float_rgb_expands_grayscale():
     np.testing.assert_allclose(out.numpy()[0, 1], [1.0, 1.0, 1.0])
 
 
+def _seed(i):
+    return tf.constant([7, i], tf.int64)
+
+
 def test_random_resized_crop_size_and_content():
     # A horizontal ramp: any crop must stay inside the ramp's value range and be resized.
     ramp = tf.tile(tf.linspace(0.0, 1.0, 64)[None, :, None], [48, 1, 3])
-    for _ in range(20):
-        crop = augment.random_resized_crop(ramp, 16).numpy()
+    for i in range(20):
+        crop = augment.random_resized_crop(ramp, 16, _seed(i)).numpy()
         assert crop.shape == (16, 16, 3)
         assert crop.min() >= 0.0 and crop.max() <= 1.0
         assert np.all(np.diff(crop[0, :, 0]) >= -1e-6)  # orientation kept, no flip here
@@ -25,8 +29,8 @@ def test_random_resized_crop_covers_the_scale_range():
     # A single bright pixel in the centre: small crops zoom in, so its area varies a lot.
     image = np.zeros((64, 64, 3), np.float32)
     image[28:36, 28:36] = 1.0
-    bright = [float(tf.reduce_mean(augment.random_resized_crop(tf.constant(image), 32)))
-              for _ in range(60)]
+    bright = [float(tf.reduce_mean(augment.random_resized_crop(tf.constant(image), 32, _seed(i))))
+              for i in range(60)]
     assert max(bright) > 3 * min(b for b in bright if b > 0)
 
 
@@ -39,11 +43,52 @@ def test_center_crop_of_a_wide_image_keeps_the_middle():
     assert batch.shape == (2, 5, 5, 1)
 
 
-def test_moco_augment_keeps_shape_range_and_varies():
-    images = tf.random.uniform([16, 32, 32, 3], seed=0)
-    layer = augment.MoCoV2Augment(32, seed=1)
-    first, second = layer(images), layer(images)
-    assert first.shape == images.shape
-    assert float(tf.reduce_min(first)) >= 0.0 and float(tf.reduce_max(first)) <= 1.0
-    assert float(tf.reduce_mean(tf.abs(first - second))) > 0.01
-    assert layer.blur is None and augment.MoCoV2Augment(96).blur is not None
+def test_same_seed_same_view_different_seed_different_view():
+    image = tf.random.uniform([40, 40, 3], seed=0)
+    first = augment.view_with_params(image, 24, _seed(1))
+    again = augment.view_with_params(image, 24, _seed(1))
+    other = augment.view_with_params(image, 24, _seed(2))
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(first[1].numpy(), other[1].numpy())
+
+
+def test_photometric_param_frequencies_follow_moco_v2():
+    params = np.stack([augment.sample_photometric_params(_seed(i)).numpy() for i in range(2000)])
+    assert abs(params[:, augment.FLIP].mean() - 0.5) < 0.04
+    assert abs(params[:, augment.JITTER].mean() - 0.8) < 0.04
+    assert abs(params[:, augment.GRAY].mean() - 0.2) < 0.04
+    assert params[:, augment.BRIGHTNESS].min() >= 0.6 and params[:, augment.BRIGHTNESS].max() <= 1.4
+    assert np.abs(params[:, augment.HUE]).max() <= 0.1
+    assert params[:, augment.SIGMA].min() >= 0.1 and params[:, augment.SIGMA].max() <= 2.0
+
+
+def _params(**values):
+    row = np.zeros(augment.NUM_PARAMS, np.float32)
+    row[[augment.BRIGHTNESS, augment.CONTRAST, augment.SATURATION]] = 1.0  # identity jitter
+    for name, value in values.items():
+        row[getattr(augment, name.upper())] = value
+    return tf.constant(row[None])
+
+
+def test_photometric_ops_do_what_their_params_say():
+    image = tf.random.uniform([1, 8, 8, 3], seed=1)
+    identity = augment.apply_photometric(image, _params())
+    np.testing.assert_allclose(identity.numpy(), image.numpy(), atol=1e-6)
+    flipped = augment.apply_photometric(image, _params(flip=1))
+    np.testing.assert_allclose(flipped.numpy(), image.numpy()[:, :, ::-1], atol=1e-6)
+    darker = augment.apply_photometric(image, _params(jitter=1, brightness=0.5))
+    np.testing.assert_allclose(darker.numpy(), image.numpy() * 0.5, atol=1e-5)
+    gray = augment.apply_photometric(image, _params(gray=1)).numpy()
+    np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1e-6)
+
+
+def test_blur_only_for_large_crops_and_smooths():
+    noise = tf.random.uniform([2, 64, 64, 3], seed=2)
+    params = tf.concat([_params(blur=1, sigma=2.0), _params(blur=0, sigma=2.0)], axis=0)
+    out = augment.apply_photometric(noise, params).numpy()
+    assert out[0].std() < 0.5 * noise.numpy()[0].std()  # blurred
+    np.testing.assert_allclose(out[1], noise.numpy()[1], atol=1e-6)  # untouched
+    small = tf.random.uniform([1, 32, 32, 3], seed=3)
+    np.testing.assert_allclose(augment.apply_photometric(small, _params(blur=1, sigma=2.0)).numpy(),
+                               small.numpy(), atol=1e-6)

@@ -67,3 +67,25 @@ def test_warmup_epoch_clears_the_table(one_replica):
     assert (moco.pseudo_labels.numpy() == -1).all()
     callback.on_epoch_begin(2)
     assert np.mean(moco.pseudo_labels.numpy() >= 0) == pytest.approx(1 / 3, abs=0.02)
+
+
+def test_non_finite_loss_guard_names_step_and_kept_checkpoint(tmp_path):
+    checkpoint = tf.train.Checkpoint(step=tf.Variable(1))
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path), max_to_keep=2)
+    manager.save(checkpoint_number=2)
+    guard = callbacks.StopOnNonFiniteLoss(manager, steps_per_epoch=10)
+    guard.on_epoch_begin(2)
+    guard.on_train_batch_end(3, {"loss": 1.5})
+    with pytest.raises(callbacks.DivergenceError,
+                       match=f"loss is inf at step 25 \\(epoch 3, batch 5\\);.*{tmp_path}/ckpt-2"):
+        guard.on_train_batch_end(4, {"loss": float("inf")})
+
+
+def test_metrics_csv_drops_rows_a_resumed_run_redoes(tmp_path):
+    path = str(tmp_path / "metrics.csv")
+    log = callbacks.MetricsCsv(path, completed_epochs=0)
+    for epoch in range(3):
+        log.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "acc": 0.5})
+    callbacks.MetricsCsv(path, completed_epochs=2)  # killed after logging epoch 2, before saving
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "epoch,acc,loss", "0,0.5,1.0", "1,0.5,0.5"]

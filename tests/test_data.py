@@ -62,6 +62,7 @@ def test_digits_split_is_disjoint_and_scaled():
 def test_train_pipeline_yields_indices_and_two_different_views():
     source = data.load_source("digits")
     index, view_q, view_k = next(iter(data.train_pipeline(source, 32, 16, seed=0)))
+    assert view_q.dtype == tf.float32
     assert index.shape == (32,) and index.dtype == tf.int64
     assert len(set(index.numpy().tolist())) == 32
     assert view_q.shape == view_k.shape == (32, 16, 16, 3)
@@ -123,7 +124,43 @@ def test_image_folder_in_imagenet_layout(tmp_path):
 
 def test_empty_image_folder_is_a_clear_error(tmp_path):
     os.makedirs(tmp_path / "train" / "cat")
-    with pytest.raises(data.DataError, match="no images in class sub-folders"):
+    with pytest.raises(data.DataError, match="no readable images in class sub-folders"):
         data.load_source(f"folder:{tmp_path}")
     with pytest.raises(data.DataError, match="no such folder"):
         data.load_source(f"folder:{tmp_path}/missing")
+
+
+def _batches(pipeline):
+    return [tuple(t.numpy() for t in batch) for batch in pipeline]
+
+
+def test_train_stream_is_a_function_of_seed_and_step():
+    source = data.load_source("digits")  # 1437 examples: 22 batches of 64 per pass
+    full = _batches(data.train_pipeline(source, 64, 16, seed=3, num_steps=30))
+    resumed = _batches(data.train_pipeline(source, 64, 16, seed=3, start_step=20, num_steps=10))
+    assert len(full) == 30 and len(resumed) == 10
+    for a, b in zip(full[20:], resumed):  # crosses the pass boundary at step 22
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    other_seed = _batches(data.train_pipeline(source, 64, 16, seed=4, num_steps=1))
+    assert not np.array_equal(other_seed[0][0], full[0][0])
+
+
+def test_each_pass_is_a_new_permutation_without_repeats():
+    source = data.load_source("digits")
+    batches = _batches(data.train_pipeline(source, 64, 16, seed=0, num_steps=44))
+    first = np.concatenate([b[0] for b in batches[:22]])
+    second = np.concatenate([b[0] for b in batches[22:]])
+    assert len(set(first)) == len(first) == 22 * 64  # no index twice within a pass
+    assert not np.array_equal(first, second)
+
+
+def test_unreadable_images_are_skipped_with_a_count_or_stop_when_strict(tmp_path, capsys):
+    _write_image_folder(tmp_path)
+    bad = tmp_path / "train" / "dog" / "9.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    source = data.load_source(f"folder:{tmp_path}")
+    assert source.num_examples == 6
+    assert f"skipped 1 unreadable images in {tmp_path}/train (first: {bad})" in capsys.readouterr().out
+    with pytest.raises(data.DataError, match=f"unreadable image {bad} .*--strict_data"):
+        data.load_source(f"folder:{tmp_path}", strict=True)

@@ -43,3 +43,22 @@ def test_union_over_levels_matches_brute_force(seed):
 def test_nothing_accepted_gives_zero_not_nan():
     q = diagnostics.false_negative_quality(np.full((2, 6), -1), np.zeros(6, int))
     assert (q.precision, q.recall, q.detected_pairs) == (0.0, 0.0, 0)
+
+
+def test_purity_and_accepted_count_hand_computed():
+    truth = np.array([0, 0, 1, 1, 1, 0])
+    level = np.array([0, 0, 0, 1, 1, -1])  # cluster 0 = {0, 0, 1}: majority 2 of 3; cluster 1 = {1, 1}
+    assert diagnostics.accepted_purity(level, truth) == pytest.approx(4 / 5)
+    assert diagnostics.accepted_purity(np.zeros(6, int), truth) == pytest.approx(3 / 6)
+    assert diagnostics.accepted_purity(np.full(6, -1), truth) == 0.0
+    # Accepted at any level: sample 5 only at the second level, sample 4 at none.
+    assert diagnostics.num_accepted(np.array([[0, 0, 1, 1, -1, -1], [0, 0, 1, 1, -1, 2]])) == 5
+
+
+def test_label_quality_gives_every_per_epoch_number():
+    truth = np.array([0, 0, 0, 1, 1])
+    pseudo = np.array([[0, 0, 1, 1, -1], [0, 0, 0, 0, 0]])
+    quality = diagnostics.label_quality(pseudo, truth, [2, 1])
+    # Union of levels: level 1 puts everything together, so all 10 pairs are detected.
+    assert quality == pytest.approx({"fn_precision": 4 / 10, "fn_recall": 1.0,
+                                     "purity_k2": 3 / 4, "purity_k1": 3 / 5})

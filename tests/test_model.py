@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ifnd_tf import data, model
+from ifnd_tf import callbacks, data, model
 
 
 def _moco(num_examples=64, queue_size=8, levels=1, momentum=0.9, **kwargs):
@@ -139,13 +139,17 @@ def test_train_step_moves_query_encoder_and_ema_follows():
 
 
 def test_two_replicas_stay_identical(two_replicas):
+    """A real fit with the clustering pass between epochs, as in training."""
     source = data.load_source("digits")
     with two_replicas.scope():
         moco = _compiled(_moco(num_examples=source.num_examples, queue_size=64, key_bn_splits=2))
-    moco.pseudo_labels.assign(np.arange(source.num_examples)[None] % 10)
-    train = data.train_pipeline(source, 32, 16, seed=0).take(3)
-    history = moco.fit(train, epochs=1, verbose=0)
-    assert history.history["masked"][0] > 0
+    pseudo_labels = callbacks.PseudoLabelCallback(
+        data.embedding_pipeline(source, 256, 16), source.num_examples, [10], total_epochs=2,
+        warmup_epochs=1, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
+        seed=0, strategy=two_replicas, verbose=False)
+    train = data.train_pipeline(source, 32, 16, seed=0, num_steps=6)
+    history = moco.fit(train, epochs=2, steps_per_epoch=3, callbacks=[pseudo_labels], verbose=0)
+    assert history.history["masked"][1] > 0
     stateful = (moco.encoder.variables + moco.key_encoder.variables
                 + [moco.queue_keys, moco.queue_ids, moco.queue_ptr])
     for variable in stateful:
@@ -153,4 +157,4 @@ def test_two_replicas_stay_identical(two_replicas):
         assert len(replicas) == 2
         np.testing.assert_allclose(replicas[0], replicas[1], rtol=1e-5, atol=1e-6,
                                    err_msg=variable.path)
-    assert int(moco.queue_ptr.numpy()) == (3 * 32) % 64
+    assert int(moco.queue_ptr.numpy()) == (6 * 32) % 64

@@ -2,8 +2,10 @@
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -77,13 +79,98 @@ def test_saved_model_matches_the_trained_encoder(smoke_run):
                                loaded.features(images).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_rerun_resumes_from_last_epoch(smoke_run, tmp_path):
+def test_rerun_of_a_finished_run_only_exports(smoke_run):
     model_dir, _ = smoke_run
-    resumed = _train(model_dir, "--epochs=4", "--export=false")
+    rerun = _train(model_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed from" in rerun.stdout and "(epoch 3)" in rerun.stdout
+    assert "Epoch " not in rerun.stdout and "exported encoder" in rerun.stdout
+
+
+def test_model_dir_with_other_flags_is_refused(smoke_run):
+    model_dir, _ = smoke_run
+    before = sorted(os.listdir(model_dir / "checkpoints"))
+    result = _train(model_dir, "--epochs=4", "--temperature=0.1")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ifnd_tf.train: error: --model_dir={model_dir} holds a run with other flags "
+        "(--epochs: 3 -> 4; --temperature: 0.2 -> 0.1); use a new --model_dir or the same flags")
+    assert sorted(os.listdir(model_dir / "checkpoints")) == before
+    assert json.loads((model_dir / "flags.json").read_text())["epochs"] == 3
+
+
+def _restore(model_dir, num_levels=2):
+    from ifnd_tf import model
+
+    encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=32) for _ in range(2)]
+    moco = model.MomentumContrast(*encoders, num_examples=1437, queue_size=256,
+                                  num_levels=num_levels)
+    tf.train.Checkpoint(model=moco).restore(
+        tf.train.latest_checkpoint(str(model_dir / "checkpoints"))).expect_partial()
+    return moco
+
+
+def _metrics(model_dir):
+    lines = (model_dir / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    return [dict(zip(header, map(float, row.split(",")))) for row in lines[1:]]
+
+
+def test_sigkill_mid_epoch_then_rerun_continues_exactly(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    longer = ("--steps_per_epoch=40", "--export=false")
+    command = [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
+               f"--model_dir={killed}", *longer]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    first = killed / "checkpoints" / "ckpt-1.index"
+    deadline = time.monotonic() + 300
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    assert latest.endswith(("ckpt-1", "ckpt-2")), latest  # died before the run finished
+
+    resumed = _train(killed, *longer)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout and "(epoch 3)" in resumed.stdout
-    assert "Epoch 1/4" not in resumed.stdout and "Epoch 4/4" in resumed.stdout
-    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-4")
+    assert f"resumed from {latest}" in resumed.stdout
+    uninterrupted = _train(clean, *longer)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    got, want = _metrics(killed), _metrics(clean)
+    assert [row["epoch"] for row in got] == [0.0, 1.0, 2.0]
+    for a, b in zip(got, want):
+        for key in ("loss", "acc", "masked", "alpha", "fn_precision"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (key, a, b)
+    a, b = _restore(killed), _restore(clean)
+    np.testing.assert_array_equal(a.queue_ids.numpy(), b.queue_ids.numpy())
+    np.testing.assert_array_equal(a.pseudo_labels.numpy(), b.pseudo_labels.numpy())
+    np.testing.assert_allclose(a.queue_keys.numpy(), b.queue_keys.numpy(), atol=1e-4)
+    for x, y in zip(a.encoder.weights, b.encoder.weights):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_same_seed_same_loss_curve(smoke_run, tmp_path):
+    model_dir, _ = smoke_run
+    again = _train(tmp_path, "--export=false")
+    assert again.returncode == 0, again.stderr[-3000:]
+    learned = ("loss", "acc", "masked", "alpha", "fn_precision", "fn_recall")
+    assert [[row[k] for k in learned] for row in _metrics(tmp_path)] == \
+        [[row[k] for k in learned] for row in _metrics(model_dir)]
+    other = _train(tmp_path / "other", "--export=false", "--seed=1")
+    assert _metrics(tmp_path / "other")[0]["loss"] != _metrics(model_dir)[0]["loss"]
+    assert other.returncode == 0
+
+
+def test_nan_loss_stops_with_the_step_and_writes_no_checkpoint(tmp_path):
+    result = _train(tmp_path, "--learning_rate=1e30")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ifnd_tf.train: error: loss is nan at step ")
+    assert "last good checkpoint kept: none yet" in last
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_two_replica_run(tmp_path):

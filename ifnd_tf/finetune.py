@@ -1,0 +1,84 @@
+"""Semi-supervised fine-tuning: the whole encoder plus a linear head, on 1 % / 10 % of the labels.
+
+    python -m ifnd_tf.finetune --flagfile=flags/fashion_mnist.cfg \
+        --saved_model=runs/fashion_mnist/export/saved_model
+
+For each --finetune_fractions value (with its --finetune_epochs): a class-balanced, seeded
+labelled subset of the train split; the encoder loaded afresh from export/encoder.keras next
+to --saved_model (default <--model_dir>/export/saved_model); a Dense head on the backbone
+features; random resized crop + flip, SGD with momentum and no weight decay (SimCLR's
+fine-tuning recipe); top-1 / top-5 on the whole test split. Writes result.json to
+--eval_dir, default <run>/finetune beside the export folder.
+"""
+import os
+import sys
+
+import keras
+import tensorflow as tf
+from absl import app, logging
+
+from ifnd_tf import config, data, evaluate, train
+from ifnd_tf.config import FLAGS
+
+
+def classifier(encoder: keras.Model, num_classes: int) -> keras.Model:
+    """Backbone of `encoder` (its projection head dropped) followed by a Dense layer."""
+    logits = keras.layers.Dense(num_classes, name="logits")(encoder.output["features"])
+    return keras.Model(encoder.input, logits, name="finetuned")
+
+
+def finetune(saved_model: str, train_source: data.Source, test_source: data.Source,
+             strategy: tf.distribute.Strategy, fraction: float, epochs: int, batch_size: int,
+             learning_rate: float, schedule: str, image_size: int, seed: int) -> dict:
+    """Fine-tune a fresh copy of the exported encoder on a labelled subset; test accuracy."""
+    indices = evaluate.labelled_subset(train_source.labels, fraction, seed)
+    train_data = evaluate.labelled_pipeline(train_source, batch_size, image_size, indices,
+                                            train=True, seed=seed)
+    test_data = evaluate.labelled_pipeline(test_source, batch_size, image_size)
+    steps = epochs * -(-len(indices) // batch_size)
+    with strategy.scope():
+        model = classifier(evaluate.load_encoder(saved_model), train_source.num_classes)
+        evaluate.compile_classifier(model, evaluate.sgd(learning_rate, steps, schedule))
+    model.fit(train_data, epochs=epochs, verbose=0, shuffle=False)  # shuffled by the pipeline
+    metrics = model.evaluate(test_data, verbose=0, return_dict=True)
+    return {"fraction": fraction, "labelled_examples": len(indices), "epochs": epochs,
+            "top1": float(metrics["top1"]), "top5": float(metrics["top5"])}
+
+
+def run() -> dict:
+    """Fine-tune once per labelled fraction named by the flags; write result.json."""
+    f = FLAGS
+    config.validate_eval_flags()
+    saved_model = f.saved_model or os.path.join(f.model_dir, "export", "saved_model")
+    strategy = train.make_strategy(f.cpu_replicas)
+    train_source = data.load_source(f.dataset, "train", f.data_dir, f.download)
+    test_source = data.load_source(f.dataset, "test", f.data_dir, f.download)
+    runs = []
+    for fraction, epochs in config.finetune_plan():
+        keras.utils.set_random_seed(f.seed)
+        result = finetune(saved_model, train_source, test_source, strategy, fraction, epochs,
+                          f.eval_batch_size, f.finetune_learning_rate, f.eval_schedule,
+                          f.image_size, f.seed)
+        print(f"fine-tuned on {fraction:.0%} of the labels ({result['labelled_examples']} "
+              f"examples, {epochs} epochs): top-1 {result['top1']:.4f}, "
+              f"top-5 {result['top5']:.4f}", flush=True)
+        runs.append(result)
+    eval_dir = f.eval_dir or os.path.join(os.path.dirname(evaluate.export_dir_of(saved_model)),
+                                          "finetune")
+    summary = {"saved_model": saved_model, "learning_rate": f.finetune_learning_rate,
+               "batch_size": f.eval_batch_size, "schedule": f.eval_schedule, "runs": runs}
+    print(f"wrote {evaluate.write_result(eval_dir, summary)}", flush=True)
+    return summary
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    try:
+        run()
+    except (config.ConfigError, data.DataError) as e:
+        sys.exit(f"ifnd_tf.finetune: error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,145 @@
+"""Evaluation callbacks: they watch pre-training and never change it.
+
+  EpochTimer          `seconds` per epoch (the clustering pass included) in the epoch logs
+  KnnMonitor          weighted kNN top-1 of the query backbone (`knn_top1`) and a PCA picture of
+                      the test features coloured by class
+  DiagnosticsPlotter  the curves of metrics.csv (FN precision / recall, purity per level,
+                      accepted samples, kNN top-1) as a PNG
+
+Pictures go to <model_dir>/diagnostics/ and to TensorBoard as images.
+"""
+import csv
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ifnd_tf import callbacks, evaluate, plots
+
+PCA_POINTS = 2000  # test examples drawn in the PCA picture: enough to see classes, still legible
+
+
+def save_picture(png: bytes, path: str, writer: tf.summary.SummaryWriter | None, name: str,
+                 step: int) -> None:
+    """Write a PNG file and log the same picture as a TensorBoard image (given a writer)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        f.write(png)
+    os.replace(path + ".tmp", path)
+    if writer is not None:
+        with writer.as_default(step=step):
+            tf.summary.image(name, tf.image.decode_png(png, channels=4)[None])
+        writer.flush()
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds `seconds`, the epoch's wall time, to the epoch logs.
+
+    First in the callback list, it starts before the pseudo-label pass and stops before the
+    kNN monitor: the time of training plus clustering, not of the evaluation.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["seconds"] = time.perf_counter() - self.start
+
+
+class KnnMonitor(keras.callbacks.Callback):
+    """Weighted kNN top-1 of the test split against the train split, query backbone features.
+
+    At the first epoch, every `every` epochs and at the last one: adds `knn_top1` to the epoch
+    logs (progress line, TensorBoard, metrics.csv; place it before those callbacks) and draws
+    the PCA picture of the test features, coloured by true class.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, train_data: tf.data.Dataset,
+                 train_labels: np.ndarray, test_data: tf.data.Dataset, test_labels: np.ndarray,
+                 num_classes: int, every: int, k: int = 200, temperature: float = 0.1,
+                 picture_dir: str | None = None,
+                 writer: tf.summary.SummaryWriter | None = None, seed: int = 0):
+        super().__init__()
+        self.strategy = strategy
+        self.data = {"train": train_data, "test": test_data}
+        self.labels = {"train": np.asarray(train_labels), "test": np.asarray(test_labels)}
+        self.num_classes = num_classes
+        self.every = every
+        self.k = k
+        self.temperature = temperature
+        self.picture_dir = picture_dir
+        self.writer = writer
+        rng = np.random.default_rng(seed)
+        self.pca_points = np.sort(rng.permutation(len(test_labels))[:PCA_POINTS])
+        self.embedders: dict[str, callbacks.DatasetEmbedder] = {}
+
+    def is_due(self, epoch: int) -> bool:
+        return epoch == 0 or (epoch + 1) % self.every == 0 or epoch + 1 == self.params["epochs"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.is_due(epoch):
+            return
+        if not self.embedders:  # built once the model is known; reused every time
+            self.embedders = {split: callbacks.DatasetEmbedder(
+                self.model.encoder, self.strategy, ds, len(self.labels[split]), output="features")
+                for split, ds in self.data.items()}
+        features = {split: embedder() for split, embedder in self.embedders.items()}
+        top1 = evaluate.knn_top1(features["train"], self.labels["train"], features["test"],
+                                 self.labels["test"], self.num_classes, self.k, self.temperature)
+        if logs is not None:
+            logs["knn_top1"] = top1
+        if self.picture_dir:
+            points = plots.pca_2d(features["test"][self.pca_points])
+            png = plots.scatter_png(points, self.labels["test"][self.pca_points],
+                                    f"test backbone features, PCA, epoch {epoch + 1} "
+                                    f"(kNN top-1 {top1:.3f})")
+            save_picture(png, os.path.join(self.picture_dir, "features_pca.png"), self.writer,
+                         "diagnostics/features_pca", epoch)
+
+
+def read_metrics(path: str) -> list[dict[str, float]]:
+    """Rows of a metrics.csv as {column: value} with a 1-based `epoch`; cells that hold no
+    number (nan, NA, empty: not measured that epoch) are left out."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    history = []
+    for row in rows:
+        record = {}
+        for column, cell in row.items():
+            try:
+                value = float(cell)
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(value):
+                record[column] = value
+        record["epoch"] = int(record["epoch"]) + 1
+        history.append(record)
+    return history
+
+
+class DiagnosticsPlotter(keras.callbacks.Callback):
+    """After each epoch, draws the curves of everything in metrics.csv so far (a resumed run's
+    earlier epochs included) to <picture_dir>/curves.png and TensorBoard. Place it after the
+    callback that writes metrics.csv."""
+
+    def __init__(self, metrics_csv: str, picture_dir: str,
+                 writer: tf.summary.SummaryWriter | None = None):
+        super().__init__()
+        self.metrics_csv = metrics_csv
+        self.picture_dir = picture_dir
+        self.writer = writer
+
+    def on_epoch_end(self, epoch, logs=None):
+        png = plots.curves_png(read_metrics(self.metrics_csv))
+        save_picture(png, os.path.join(self.picture_dir, "curves.png"), self.writer,
+                     "diagnostics/curves", epoch)
