@@ -30,8 +30,8 @@ class DatasetEmbedder:
         # The element spec has an unknown batch size: the last, smaller batch does not retrace.
         @tf.function(input_signature=self.dataset.element_spec)
         def embed_batch(index, images):
-            def on_replica(index, images):
-                return index, encoder(images, training=False)[output]
+            def on_replica(index, images):  # int32: int64 gathers fail across workers
+                return tf.cast(index, tf.int32), encoder(images, training=False)[output]
             index, values = strategy.run(on_replica, args=(index, images))
             return strategy.gather(index, axis=0), strategy.gather(values, axis=0)
 
@@ -66,7 +66,8 @@ class PseudoLabelCallback(keras.callbacks.Callback):
                  alpha_start: float, alpha_end: float, alpha_shape: str, backend: str,
                  seed: int, strategy: tf.distribute.Strategy, kmeans_iterations: int = 20,
                  max_points_per_centroid: int = 256, true_labels: np.ndarray | None = None,
-                 log_dir: str | None = None, verbose: bool = True):
+                 log_dir: str | None = None, verbose: bool = True,
+                 kmeans_threads: int | None = None):
         super().__init__()
         self.embedding_data = embedding_data
         self.num_examples = num_examples
@@ -74,7 +75,8 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         self.schedule = {"total_epochs": total_epochs, "warmup_epochs": warmup_epochs,
                              "start": alpha_start, "end": alpha_end, "shape": alpha_shape}
         self.kmeans = {"backend": backend, "iterations": kmeans_iterations,
-                           "max_points_per_centroid": max_points_per_centroid}
+                           "max_points_per_centroid": max_points_per_centroid,
+                           "threads": kmeans_threads}
         self.seed = seed
         self.strategy = strategy
         self.embedder: DatasetEmbedder | None = None  # made once the model is set

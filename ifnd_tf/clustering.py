@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
+import threadpoolctl
 
 BACKENDS = ("faiss", "sklearn", "tf")
 SCHEDULE_SHAPES = ("linear", "cosine")
@@ -151,10 +152,22 @@ class LevelStats:
 
 def hierarchical_pseudo_labels(embeddings: np.ndarray, ks: Sequence[int], alpha: float,
                                backend: str, seed: int, iterations: int = 20,
-                               max_points_per_centroid: int = 256
+                               max_points_per_centroid: int = 256, threads: int | None = None
                                ) -> tuple[np.ndarray, list[LevelStats]]:
-    """Accepted pseudo-labels [levels, N] (-1 = not accepted) for each k in `ks`."""
-    embeddings = _l2_normalize(np.asarray(embeddings, np.float32))
+    """Accepted pseudo-labels [levels, N] (-1 = not accepted) for each k in `ks`.
+
+    `threads` caps the BLAS / OpenMP threads of numpy, faiss and sklearn (None: their
+    default): their threads wait on each other when the cores are busy with TF's, which
+    made the default much slower on 2 busy cores (bench/clustering_share.py, BUILD_NOTES.md).
+    """
+    with threadpoolctl.threadpool_limits(threads):
+        return _hierarchy(_l2_normalize(np.asarray(embeddings, np.float32)), ks, alpha, backend,
+                          seed, iterations, max_points_per_centroid)
+
+
+def _hierarchy(embeddings: np.ndarray, ks: Sequence[int], alpha: float, backend: str, seed: int,
+               iterations: int, max_points_per_centroid: int
+               ) -> tuple[np.ndarray, list[LevelStats]]:
     labels, stats = [], []
     for level, k in enumerate(ks):
         centroids = fit_centroids(embeddings, k, backend, seed + level, iterations,

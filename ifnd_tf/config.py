@@ -6,7 +6,7 @@ the flag.
 """
 from absl import flags
 
-from ifnd_tf import clustering, losses, model
+from ifnd_tf import clustering, distribute, losses, model
 
 FLAGS = flags.FLAGS
 
@@ -62,6 +62,10 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_bool("deterministic", True,
                   "TF op determinism: the same seed gives the same loss curve on CPU. Costs speed "
                   "on GPU, where some ops have no deterministic kernel (BUILD_NOTES.md).")
+flags.DEFINE_enum("strategy", "mirrored", list(distribute.STRATEGIES),
+                  "tf.distribute engine: mirrored (local GPUs / CPUs), multi_worker (TF_CONFIG), "
+                  "tpu, one_device.")
+flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu.")
 flags.DEFINE_integer("cpu_replicas", 1,
                      "Without GPUs: split the CPU into this many logical devices (MirroredStrategy).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],

@@ -239,7 +239,11 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
         return (index, augment.apply_photometric(*view_q), augment.apply_photometric(*view_k))
 
     ds = ds.map(photometric, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.prefetch(AUTOTUNE)
+    # Several workers: each keeps its share of every global batch of the same stream (the
+    # stream starts from range(), so there are no files to shard by).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)
 
 
 def embedding_pipeline(source: Source, batch_size: int, image_size: int) -> tf.data.Dataset:

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 from absl import app, logging
 
-from ifnd_tf import config, data, evaluate, train
+from ifnd_tf import config, data, distribute, evaluate
 from ifnd_tf.config import FLAGS
 
 
@@ -50,7 +50,7 @@ def run() -> dict:
     f = FLAGS
     config.validate_eval_flags()
     saved_model = f.saved_model or os.path.join(f.model_dir, "export", "saved_model")
-    strategy = train.make_strategy(f.cpu_replicas)
+    strategy = distribute.make_strategy(f.cpu_replicas)
     train_source = data.load_source(f.dataset, "train", f.data_dir, f.download)
     test_source = data.load_source(f.dataset, "test", f.data_dir, f.download)
     runs = []

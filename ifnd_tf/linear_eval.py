@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, logging
 
-from ifnd_tf import callbacks, config, data, evaluate, train
+from ifnd_tf import callbacks, config, data, distribute, evaluate
 from ifnd_tf.config import FLAGS
 
 
@@ -90,12 +90,12 @@ def run() -> dict:
     f = FLAGS
     config.validate_eval_flags()
     saved_model = f.saved_model or os.path.join(f.model_dir, "export", "saved_model")
-    strategy = train.make_strategy(f.cpu_replicas)
+    strategy = distribute.make_strategy(f.cpu_replicas)
     keras.utils.set_random_seed(f.seed)
-    train_source = data.load_source(f.dataset, "train", f.data_dir, f.download)
-    test_source = data.load_source(f.dataset, "test", f.data_dir, f.download)
     with strategy.scope():
         encoder = evaluate.load_encoder(saved_model)
+    train_source = data.load_source(f.dataset, "train", f.data_dir, f.download)
+    test_source = data.load_source(f.dataset, "test", f.data_dir, f.download)
     result = probe(encoder, train_source, test_source, strategy, f.linear_epochs,
                    f.eval_batch_size, f.linear_learning_rate, f.eval_schedule, f.image_size,
                    f.embed_batch_size, f.seed)

@@ -142,6 +142,14 @@ class MomentumContrast(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker, self.masked_tracker]
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skip Keras' symbolic build: encoders, optimizer and metrics are built already.
+
+        Keras (3.15, TF trainer) would pull one batch, average it across replicas and restart
+        the input pipeline; under MultiWorkerMirroredStrategy that average fails on the int64
+        index tensors ("Attempt to convert a value (PerReplica...) to a Tensor").
+        """
+
     def call(self, images, training=False):
         return self.encoder(images, training=training)["embedding"]
 
@@ -184,7 +192,7 @@ class MomentumContrast(keras.Model):
         ptr = tf.convert_to_tensor(self.queue_ptr)
         self.queue_keys.assign(keras.ops.slice_update(self.queue_keys, [ptr, 0], keys))
         self.queue_ids.assign(keras.ops.slice_update(self.queue_ids, [ptr], tf.cast(ids, tf.int32)))
-        self.queue_ptr.assign((ptr + tf.shape(keys)[0]) % tf.shape(self.queue_ids)[0])
+        self.queue_ptr.assign((ptr + tf.shape(keys)[0]) % self.queue_ids.shape[0])
 
     def train_step(self, data):
         index, view_q, view_k = data
@@ -204,11 +212,18 @@ class MomentumContrast(keras.Model):
         decay = self.weight_decay / replica.num_replicas_in_sync
         grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
-        self.enqueue(replica.all_gather(keys, axis=0), replica.all_gather(index, axis=0))
+        # int32: an int64 all_gather fails under MultiWorkerMirroredStrategy.
+        ids = replica.all_gather(tf.cast(index, tf.int32), axis=0)
+        self.enqueue(replica.all_gather(keys, axis=0), ids)
 
         if self.fn_strategy == losses.ELIMINATION:
             logits = losses.masked_logits_for_elimination(logits, fn_mask)
         self.loss_tracker.update_state(loss)
         self.accuracy_tracker.update_state(losses.contrastive_accuracy(logits))
         self.masked_tracker.update_state(tf.reduce_mean(tf.reduce_sum(tf.cast(fn_mask, tf.float32), 1)))
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15 averages results across workers with reduce(..., axis=0), which needs
+            # an axis to reduce; a length-1 axis gives back the scalar.
+            results = {name: value[None] for name, value in results.items()}
+        return results

@@ -12,21 +12,8 @@ import keras
 import tensorflow as tf
 from absl import app, logging
 
-from ifnd_tf import callbacks, config, data, export, model, monitors
+from ifnd_tf import callbacks, config, data, distribute, export, model, monitors
 from ifnd_tf.config import FLAGS
-
-
-def make_strategy(cpu_replicas: int) -> tf.distribute.Strategy:
-    """MirroredStrategy over all GPUs, else over `cpu_replicas` logical CPU devices."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        return tf.distribute.MirroredStrategy()
-    if cpu_replicas > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
-    return tf.distribute.MirroredStrategy(devices)
 
 
 def use_jit(mode: str, strategy: tf.distribute.Strategy) -> bool:
@@ -57,15 +44,19 @@ def build_model(num_examples: int, steps_per_epoch: int, jit: bool) -> model.Mom
     return moco
 
 
-def restore_latest(moco: model.MomentumContrast, model_dir: str):
-    """Checkpoint manager and the number of epochs already completed (auto-resume)."""
+def restore_latest(moco: model.MomentumContrast, run_dir: str, chief_dir: str):
+    """Checkpoint manager writing into run_dir, and the epoch counter (auto-resume).
+
+    Every worker resumes from the chief's latest checkpoint, so all start from one state.
+    """
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=moco, optimizer=moco.optimizer, epoch=epoch)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"),
                                          max_to_keep=3)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())})", flush=True)
+    latest = tf.train.latest_checkpoint(os.path.join(chief_dir, "checkpoints"))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        print(f"resumed from {latest} (epoch {int(epoch.numpy())})", flush=True)
     return manager, epoch
 
 
@@ -82,20 +73,21 @@ def write_flags(model_dir: str) -> None:
 
 
 def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
-                   initial_epoch: int) -> list:
+                   initial_epoch: int, run_dir: str) -> list:
+    """Callbacks writing into run_dir (this worker's share of --model_dir)."""
     f = FLAGS
     result = [callbacks.StopOnNonFiniteLoss(manager, steps)]
     config.validate_eval_flags()
     result.insert(0, monitors.EpochTimer())  # first: the epoch time includes the clustering pass
-    pictures = os.path.join(f.model_dir, "diagnostics")
-    writer = tf.summary.create_file_writer(os.path.join(f.model_dir, "logs", "diagnostics"))
+    pictures = os.path.join(run_dir, "diagnostics")
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "diagnostics"))
     if f.ifnd:
         result.append(callbacks.PseudoLabelCallback(
             data.embedding_pipeline(source, f.embed_batch_size, f.image_size),
             source.num_examples, config.cluster_counts(), f.epochs, f.warmup_epochs,
             f.alpha_start, f.alpha_end, f.alpha_shape, f.kmeans_backend, f.seed, strategy,
             f.kmeans_iterations, f.kmeans_max_points_per_centroid, true_labels=source.labels,
-            log_dir=os.path.join(f.model_dir, "logs", "ifnd")))
+            log_dir=os.path.join(run_dir, "logs", "ifnd")))
     if f.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
         try:
             test = data.load_source(f.dataset, "test", f.data_dir, f.download)
@@ -107,10 +99,10 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
             test.labels, source.num_classes, f.knn_every, f.knn_k, f.knn_temperature, pictures,
             writer, f.seed))
     result += [callbacks.LearningRateLogger(),
-               keras.callbacks.TensorBoard(os.path.join(f.model_dir, "logs"), write_graph=False),
-               callbacks.MetricsCsv(os.path.join(f.model_dir, "metrics.csv"), initial_epoch),
+               keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
+               callbacks.MetricsCsv(os.path.join(run_dir, "metrics.csv"), initial_epoch),
                callbacks.CheckpointCallback(manager, epoch_counter)]
-    result.append(monitors.DiagnosticsPlotter(os.path.join(f.model_dir, "metrics.csv"), pictures,
+    result.append(monitors.DiagnosticsPlotter(os.path.join(run_dir, "metrics.csv"), pictures,
                                               writer))  # after metrics.csv has this epoch's row
     return result
 
@@ -118,7 +110,7 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
 def run() -> str | None:
     """Train (or resume) and export; returns the SavedModel directory if exported."""
     f = FLAGS
-    strategy = make_strategy(f.cpu_replicas)
+    strategy = distribute.make_strategy(f.cpu_replicas, f.strategy, f.tpu)
     config.validate_flags(strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(f.seed)
     if f.deterministic:
@@ -128,12 +120,13 @@ def run() -> str | None:
     source = data.load_source(f.dataset, "train", f.data_dir, f.download,
                               verify_images=f.verify_images, strict=f.strict_data)
     config.validate_against_data(source.num_examples)
-    os.makedirs(f.model_dir, exist_ok=True)
-    write_flags(f.model_dir)
+    run_dir = distribute.worker_dir(f.model_dir, strategy)
+    os.makedirs(run_dir, exist_ok=True)
+    write_flags(run_dir)
     steps = f.steps_per_epoch or source.num_examples // f.batch_size
     with strategy.scope():
         moco = build_model(source.num_examples, steps, use_jit(f.jit_compile, strategy))
-        manager, epoch_counter = restore_latest(moco, f.model_dir)
+        manager, epoch_counter = restore_latest(moco, run_dir, f.model_dir)
     initial_epoch = int(epoch_counter.numpy())
     if initial_epoch < f.epochs:
         # The data stream is a function of (seed, step): a resumed run sees the same batches.
@@ -142,9 +135,9 @@ def run() -> str | None:
             num_steps=(f.epochs - initial_epoch) * steps)
         moco.fit(train_data, epochs=f.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
                  callbacks=make_callbacks(moco, strategy, source, manager, epoch_counter, steps,
-                                          initial_epoch),
+                                          initial_epoch, run_dir),
                  verbose=f.verbose, shuffle=False)
-    if not f.export:
+    if not f.export or not distribute.is_chief(strategy):
         return None
     saved_model = export.export_encoder(moco.encoder, os.path.join(f.model_dir, "export"))
     print(f"exported encoder to {saved_model}", flush=True)

@@ -62,11 +62,11 @@ def test_second_run_reads_instead_of_training(compared):
 
 
 def test_failed_step_is_one_clear_line(tmp_path):
-    result = _compare(tmp_path, "--dataset=folder:/nonexistent")
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == (
-        "ifnd_tf.compare: error: ifnd_tf.train failed: "
-        "ifnd_tf.train: error: --dataset=folder:/nonexistent: no such folder")
+    with pytest.raises(compare.StepError) as error:
+        compare.run_step("ifnd_tf.train", ["--flagfile=flags/smoke.cfg", f"--model_dir={tmp_path}",
+                                           "--dataset=folder:/nonexistent"])
+    assert str(error.value) == ("ifnd_tf.train failed: "
+                                "ifnd_tf.train: error: --dataset=folder:/nonexistent: no such folder")
 
 
 def test_format_table_marks_what_was_not_measured():

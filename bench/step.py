@@ -1,0 +1,102 @@
+"""Step cost of IFND: the train step with a full false-negative mask vs an empty one.
+
+Same model, same cached batch, one process, variants alternated round by round. Also XLA
+on/off and bfloat16 mixed precision on/off (separate models of the same architecture).
+
+    python -m bench.step                       # small net + ResNet-18 CIFAR, IFND on/off
+    python -m bench.step --variants=ifnd,jit,mixed_precision --backbones=small
+"""
+import argparse
+import statistics
+
+import tensorflow as tf
+
+from bench import common
+
+# backbone -> (image size, width multiplier, batch): demo small net; CIFAR ResNet-18.
+SETUPS = {"small": (28, 0.5, 256), "resnet18_cifar": (32, 1.0, 64)}
+KS = (10, 20, 50)
+
+
+def _variant_models(kind: str, backbone: str, batch: int, strategy) -> dict:
+    """name -> (model, jit) pairs whose steps are compared by `kind`."""
+    image_size, width, _ = SETUPS[backbone]
+    flags = common.model_flags(backbone, image_size, batch, width)
+    if kind == "ifnd":
+        return {"base": common.build_moco(flags, False, strategy, common.NUM_EXAMPLES)}
+    if kind == "jit":
+        return {"jit off": common.build_moco(flags, False, strategy, common.NUM_EXAMPLES),
+                "jit on": common.build_moco(flags, True, strategy, common.NUM_EXAMPLES)}
+    bf16 = {**flags, "mixed_precision": "bfloat16"}
+    return {"float32": common.build_moco(flags, False, strategy, common.NUM_EXAMPLES),
+            "mixed bfloat16": common.build_moco(bf16, False, strategy, common.NUM_EXAMPLES)}
+
+
+def _runners(kind: str, backbone: str, batch: int, steps: int, strategy) -> dict:
+    """name -> callable timing `steps` steps; IFND toggles the label table of one model."""
+    image_size = SETUPS[backbone][0]
+    data = common.random_batch(batch, image_size, common.NUM_EXAMPLES)
+    models = _variant_models(kind, backbone, batch, strategy)
+    runs = {name: common.step_runner(m, data, strategy) for name, m in models.items()}
+    for name, m in models.items():
+        common.fill_pseudo_labels(m, KS)
+        runs[name](2)  # trace / compile, warm up
+    if kind != "ifnd":
+        return {name: (lambda r=r: r(steps)) for name, r in runs.items()}
+    moco, run = models["base"], runs["base"]
+
+    def with_labels(fill):
+        def timed():
+            fill(moco)
+            return run(steps)
+        return timed
+
+    return {"IFND off (empty mask)": with_labels(common.clear_pseudo_labels),
+            "IFND on (full mask)": with_labels(lambda m: common.fill_pseudo_labels(m, KS))}
+
+
+def measure(kind: str, backbone: str, batch: int, steps: int, rounds: int, strategy) -> dict:
+    """Median seconds / step and images / s of each variant, and the paired ratio of the two."""
+    seconds = common.alternate(_runners(kind, backbone, batch, steps, strategy), rounds)
+    (name_a, a), (name_b, b) = seconds.items()
+    return {"kind": kind, "backbone": backbone, "batch": batch, "steps_per_round": steps,
+            "rounds": rounds, "seconds": seconds,
+            "images_per_s": {n: batch * steps / statistics.median(s) for n, s in seconds.items()},
+            "ratio": common.median_ratio(b, a), "ratio_of": f"{name_b} / {name_a} (time)"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", default="small,resnet18_cifar")
+    parser.add_argument("--variants", default="ifnd,jit,mixed_precision",
+                        help="ifnd, jit, mixed_precision (jit / mixed precision: small only "
+                             "unless --all_backbones)")
+    parser.add_argument("--all_backbones", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", default="small:8,resnet18_cifar:2",
+                        help="steps per round and backbone")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="step")
+    args = parser.parse_args()
+    common.set_threads(args.threads)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])  # as train.py on one CPU replica
+    steps = {k: int(v) for k, v in (item.split(":") for item in args.steps.split(","))}
+    results = []
+    for backbone in args.backbones.split(","):
+        for kind in args.variants.split(","):
+            if kind != "ifnd" and backbone != "small" and not args.all_backbones:
+                continue
+            print(f"measuring {kind} on {backbone} ...", flush=True)
+            results.append(measure(kind, backbone, SETUPS[backbone][2], steps[backbone],
+                                   args.rounds, strategy))
+    rows = [[r["backbone"], r["batch"], r["ratio_of"],
+             *(f"{name}: {v:.0f}" for name, v in r["images_per_s"].items()), r["ratio"]]
+            for r in results]
+    common.print_table(f"Train step, median of {args.rounds} alternating rounds "
+                       f"({args.threads} threads)",
+                       ["backbone", "batch", "ratio of", "img/s A", "img/s B", "time ratio"], rows)
+    common.write_json(args.name, {"results": results, "threads": args.threads})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Strategy choice, chief/worker directories, and a real two-worker run on 127.0.0.1."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_train import ROOT, _metrics, _restore
+
+from ifnd_tf import distribute
+
+
+def _fake_strategy(task_type, task_id, cluster):
+    resolver = types.SimpleNamespace(task_type=task_type, task_id=task_id,
+                                     cluster_spec=lambda: tf.train.ClusterSpec(cluster))
+    return types.SimpleNamespace(cluster_resolver=resolver)
+
+
+@pytest.mark.parametrize("task_type, task_id, cluster, chief", [
+    ("worker", 0, {"worker": ["a:1", "b:1"]}, True),
+    ("worker", 1, {"worker": ["a:1", "b:1"]}, False),
+    ("chief", 0, {"chief": ["c:1"], "worker": ["a:1"]}, True),
+    ("worker", 0, {"chief": ["c:1"], "worker": ["a:1"]}, False),
+])
+def test_chief_owns_model_dir_and_workers_write_beside_it(task_type, task_id, cluster, chief):
+    strategy = _fake_strategy(task_type, task_id, cluster)
+    assert distribute.is_chief(strategy) == chief
+    expected = "/runs/x" if chief else f"/runs/x/worker_{task_id}"
+    assert distribute.worker_dir("/runs/x", strategy) == expected
+
+
+def test_single_machine_strategies(one_replica):
+    assert distribute.is_chief(one_replica)
+    assert distribute.worker_dir("/runs/x", one_replica) == "/runs/x"
+    assert isinstance(distribute.make_strategy(kind="one_device"), tf.distribute.OneDeviceStrategy)
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_to_identical_weights_and_labels(tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        command = [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
+                   f"--model_dir={tmp_path}", "--strategy=multi_worker", "--epochs=2", "--steps_per_epoch=3",
+                   "--knn_every=0", "--export=false"]
+        processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=400)[0] for p in processes]
+    assert processes[0].returncode == 0, outputs[0][-3000:]
+    assert "IFND epoch 2: alpha=1" in outputs[0] and "IFND epoch 2: alpha=1" in outputs[1]
+
+    chief, worker = _restore(tmp_path), _restore(tmp_path / "worker_1")
+    np.testing.assert_array_equal(chief.pseudo_labels.numpy(), worker.pseudo_labels.numpy())
+    assert (chief.pseudo_labels.numpy() >= 0).all()
+    np.testing.assert_array_equal(chief.queue_ids.numpy(), worker.queue_ids.numpy())
+    for a, b in zip(chief.encoder.weights + chief.key_encoder.weights,
+                    worker.encoder.weights + worker.key_encoder.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    # --batch_size is global: 6 steps of 64 keys (32 per worker) moved the pointer to 384 % 256.
+    assert int(chief.queue_ptr.numpy()) == 128
+    assert [row["loss"] for row in _metrics(tmp_path)] == \
+        [row["loss"] for row in _metrics(tmp_path / "worker_1")]
