@@ -62,7 +62,8 @@ def measure(kind: str, backbone: str, batch: int, steps: int, rounds: int, strat
     return {"kind": kind, "backbone": backbone, "batch": batch, "steps_per_round": steps,
             "rounds": rounds, "seconds": seconds,
             "images_per_s": {n: batch * steps / statistics.median(s) for n, s in seconds.items()},
-            "ratio": common.median_ratio(b, a), "ratio_of": f"{name_b} / {name_a} (time)"}
+            "ratio": common.median_ratio(b, a), "ratio_of": f"{name_b} / {name_a} (time)",
+            "ratio_of_medians": statistics.median(b) / statistics.median(a)}
 
 
 def main() -> None:
@@ -90,11 +91,13 @@ def main() -> None:
             results.append(measure(kind, backbone, SETUPS[backbone][2], steps[backbone],
                                    args.rounds, strategy))
     rows = [[r["backbone"], r["batch"], r["ratio_of"],
-             *(f"{name}: {v:.0f}" for name, v in r["images_per_s"].items()), r["ratio"]]
+             *(f"{name}: {v:.0f}" for name, v in r["images_per_s"].items()), r["ratio"],
+             r["ratio_of_medians"]]
             for r in results]
     common.print_table(f"Train step, median of {args.rounds} alternating rounds "
                        f"({args.threads} threads)",
-                       ["backbone", "batch", "ratio of", "img/s A", "img/s B", "time ratio"], rows)
+                       ["backbone", "batch", "ratio of", "img/s A", "img/s B",
+                        "time ratio (paired median)", "ratio of medians"], rows)
     common.write_json(args.name, {"results": results, "threads": args.threads})
 
 

@@ -54,6 +54,9 @@ flags.DEFINE_enum("kmeans_backend", "faiss", list(clustering.BACKENDS), "k-means
 flags.DEFINE_integer("kmeans_iterations", 20, "Lloyd iterations per k-means.")
 flags.DEFINE_integer("kmeans_max_points_per_centroid", 256,
                      "k-means is fitted on at most k times this many samples.")
+flags.DEFINE_integer("kmeans_threads", 0,
+                     "Cap on numpy/faiss/sklearn threads in k-means (0 = their default). 1 was "
+                     "3-4x faster on 2 cores busy with training (BUILD_NOTES.md).")
 flags.DEFINE_integer("embed_batch_size", 1024, "Batch size of the clustering embedding pass.")
 
 # Runtime

@@ -52,6 +52,14 @@ def export_dir_of(saved_model: str) -> str:
     return os.path.dirname(os.path.normpath(os.path.abspath(saved_model)))
 
 
+def resolve_paths(saved_model: str | None, model_dir: str, eval_dir: str | None,
+                  name: str) -> tuple[str, str]:
+    """--saved_model (default <model_dir>/export/saved_model) and the folder for result.json
+    (default <run>/<name>, beside the export folder)."""
+    saved_model = saved_model or os.path.join(model_dir, "export", "saved_model")
+    return saved_model, eval_dir or os.path.join(os.path.dirname(export_dir_of(saved_model)), name)
+
+
 def load_encoder(saved_model: str) -> keras.Model:
     """The trainable Keras encoder exported next to `saved_model` (export/encoder.keras).
 

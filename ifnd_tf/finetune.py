@@ -10,7 +10,6 @@ features; random resized crop + flip, SGD with momentum and no weight decay (Sim
 fine-tuning recipe); top-1 / top-5 on the whole test split. Writes result.json to
 --eval_dir, default <run>/finetune beside the export folder.
 """
-import os
 import sys
 
 import keras
@@ -49,7 +48,8 @@ def run() -> dict:
     """Fine-tune once per labelled fraction named by the flags; write result.json."""
     f = FLAGS
     config.validate_eval_flags()
-    saved_model = f.saved_model or os.path.join(f.model_dir, "export", "saved_model")
+    saved_model, eval_dir = evaluate.resolve_paths(f.saved_model, f.model_dir, f.eval_dir,
+                                                   "finetune")
     strategy = distribute.make_strategy(f.cpu_replicas)
     train_source = data.load_source(f.dataset, "train", f.data_dir, f.download)
     test_source = data.load_source(f.dataset, "test", f.data_dir, f.download)
@@ -63,8 +63,6 @@ def run() -> dict:
               f"examples, {epochs} epochs): top-1 {result['top1']:.4f}, "
               f"top-5 {result['top5']:.4f}", flush=True)
         runs.append(result)
-    eval_dir = f.eval_dir or os.path.join(os.path.dirname(evaluate.export_dir_of(saved_model)),
-                                          "finetune")
     summary = {"saved_model": saved_model, "learning_rate": f.finetune_learning_rate,
                "batch_size": f.eval_batch_size, "schedule": f.eval_schedule, "runs": runs}
     print(f"wrote {evaluate.write_result(eval_dir, summary)}", flush=True)

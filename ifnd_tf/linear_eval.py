@@ -12,7 +12,6 @@ train-set statistics (BatchNorm without affine, as MAE / MoCo v3 probes do; stil
 map of the features), then SGD trains a Dense layer. Writes result.json (top-1 / top-5 on the
 test split) to --eval_dir, default <run>/linear_eval beside the export folder.
 """
-import os
 import sys
 
 import keras
@@ -89,7 +88,8 @@ def run() -> dict:
     """Load the encoder and data named by the flags, probe, write result.json."""
     f = FLAGS
     config.validate_eval_flags()
-    saved_model = f.saved_model or os.path.join(f.model_dir, "export", "saved_model")
+    saved_model, eval_dir = evaluate.resolve_paths(f.saved_model, f.model_dir, f.eval_dir,
+                                                   "linear_eval")
     strategy = distribute.make_strategy(f.cpu_replicas)
     keras.utils.set_random_seed(f.seed)
     with strategy.scope():
@@ -100,8 +100,6 @@ def run() -> dict:
                    f.eval_batch_size, f.linear_learning_rate, f.eval_schedule, f.image_size,
                    f.embed_batch_size, f.seed)
     result["saved_model"] = saved_model
-    eval_dir = f.eval_dir or os.path.join(os.path.dirname(evaluate.export_dir_of(saved_model)),
-                                          "linear_eval")
     path = evaluate.write_result(eval_dir, result)
     print(f"linear probe: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
           f"(backbone unchanged) -> {path}", flush=True)

@@ -87,7 +87,8 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
             source.num_examples, config.cluster_counts(), f.epochs, f.warmup_epochs,
             f.alpha_start, f.alpha_end, f.alpha_shape, f.kmeans_backend, f.seed, strategy,
             f.kmeans_iterations, f.kmeans_max_points_per_centroid, true_labels=source.labels,
-            log_dir=os.path.join(run_dir, "logs", "ifnd")))
+            log_dir=os.path.join(run_dir, "logs", "ifnd"),
+            kmeans_threads=f.kmeans_threads or None))
     if f.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
         try:
             test = data.load_source(f.dataset, "test", f.data_dir, f.download)
