@@ -30,22 +30,27 @@ def to_float_rgb(image: tf.Tensor) -> tf.Tensor:
     return image
 
 
-def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor, scale=CROP_SCALE,
-                        ratio=CROP_RATIO) -> tf.Tensor:
-    """Crop a random area fraction `scale` and aspect `ratio` of one image, resize to size².
+def crop_boxes(u: tf.Tensor, height: tf.Tensor, width: tf.Tensor, scale=CROP_SCALE,
+               ratio=CROP_RATIO) -> tf.Tensor:
+    """Normalised boxes [B, 4] from uniforms u [B, 4]: area fraction `scale`, aspect `ratio`.
 
     A crop that would not fit is clipped to the image (torchvision retries instead).
     """
-    u = tf.random.stateless_uniform([4], seed)
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    area = scale[0] + (scale[1] - scale[0]) * u[0]
-    aspect = tf.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1])
-    pixels = area * shape[0] * shape[1]
-    height = tf.minimum(tf.sqrt(pixels / aspect) / shape[0], 1.0)
-    width = tf.minimum(tf.sqrt(pixels * aspect) / shape[1], 1.0)
-    top = (1.0 - height) * u[2]
-    left = (1.0 - width) * u[3]
-    box = tf.stack([top, left, top + height, left + width])[None]
+    height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    aspect = tf.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1])
+    pixels = area * height * width
+    box_height = tf.minimum(tf.sqrt(pixels / aspect) / height, 1.0)
+    box_width = tf.minimum(tf.sqrt(pixels * aspect) / width, 1.0)
+    top = (1.0 - box_height) * u[:, 2]
+    left = (1.0 - box_width) * u[:, 3]
+    return tf.stack([top, left, top + box_height, left + box_width], axis=1)
+
+
+def random_resized_crop(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+    """One image [H, W, C] of any size, randomly cropped and resized to size²."""
+    shape = tf.shape(image)
+    box = crop_boxes(tf.random.stateless_uniform([1, 4], seed), shape[0], shape[1])
     return tf.image.crop_and_resize(image[None], box, [0], [size, size])[0]
 
 
@@ -60,15 +65,33 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.image.resize(image, [size, size])
 
 
-def sample_photometric_params(seed: tf.Tensor, strength: float = JITTER_STRENGTH) -> tf.Tensor:
-    """One view's draws: flip, jitter on/off and factors, grayscale, blur and its sigma."""
-    u = tf.random.stateless_uniform([NUM_PARAMS], seed)
+def photometric_params(u: tf.Tensor, strength: float = JITTER_STRENGTH) -> tf.Tensor:
+    """Per-view draws [B, NUM_PARAMS] from uniforms u [B, NUM_PARAMS]: flip, jitter on/off and
+    factors, grayscale, blur and its sigma."""
     coins = tf.cast(u < [0.5, 0.8, 0.0, 0.0, 0.0, 0.0, 0.2, 0.5, 0.0], tf.float32)
     factors = 1.0 + strength * (2.0 * u - 1.0)
-    hue_shift = strength / 4 * (2.0 * u[HUE] - 1.0)
-    sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[SIGMA]
-    return tf.stack([coins[FLIP], coins[JITTER], factors[BRIGHTNESS], factors[CONTRAST],
-                     factors[SATURATION], hue_shift, coins[GRAY], coins[BLUR], sigma])
+    hue_shift = strength / 4 * (2.0 * u[:, HUE] - 1.0)
+    sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * u[:, SIGMA]
+    return tf.stack([coins[:, FLIP], coins[:, JITTER], factors[:, BRIGHTNESS],
+                     factors[:, CONTRAST], factors[:, SATURATION], hue_shift, coins[:, GRAY],
+                     coins[:, BLUR], sigma], axis=1)
+
+
+def sample_photometric_params(seed: tf.Tensor) -> tf.Tensor:
+    """One view's photometric draws [NUM_PARAMS]."""
+    return photometric_params(tf.random.stateless_uniform([1, NUM_PARAMS], seed))[0]
+
+
+def batch_views(images: tf.Tensor, size: int, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random resized crops of a batch of equal-size images and their photometric draws.
+
+    One crop_and_resize for the whole batch: far fewer ops than cropping image by image.
+    """
+    batch = tf.shape(images)[0]
+    u = tf.random.stateless_uniform(tf.stack([batch, 4 + NUM_PARAMS]), seed)
+    boxes = crop_boxes(u[:, :4], tf.shape(images)[1], tf.shape(images)[2])
+    crops = tf.image.crop_and_resize(images, boxes, tf.range(batch), [size, size])
+    return crops, photometric_params(u[:, 4:])
 
 
 def view_with_params(image: tf.Tensor, size: int, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

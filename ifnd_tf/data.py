@@ -204,7 +204,9 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     """Batches of (index, view_q, view_k): two independent MoCo v2 augmentations.
 
     The stream is a function of (seed, step) only: pass p over the data visits the examples in
-    a permutation drawn from (seed, p), and every example's views come from (seed, p, index).
+    a permutation drawn from (seed, p); the views come from stateless draws seeded by (seed, p,
+    index) — per example for image files, per batch (its first example) for arrays in memory,
+    which are cropped a whole batch at a time.
     `start_step` skips the batches a resumed run already trained on; `num_steps` ends the stream
     exactly when training ends (tearing down an endless stream mid-flight stalled the end of
     fit, BUILD_NOTES.md).
@@ -221,6 +223,7 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
         return tf.data.Dataset.from_tensor_slices(order).map(lambda index: (data_pass, index))
 
     def two_views(data_pass, index):
+        """Per example: images of any size (files)."""
         image = augment.to_float_rgb(source.read(index))
         example = tf.random.experimental.stateless_fold_in(pass_seed(data_pass), index)
         views = [augment.view_with_params(image, image_size,
@@ -228,16 +231,28 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
                  for v in (0, 1)]
         return index, views[0], views[1]
 
-    ds = tf.data.Dataset.range(first_pass, tf.int64.max).flat_map(one_pass)
-    ds = ds.skip(skip_batches * batch_size)
-    if num_steps is not None:
-        ds = ds.take(num_steps * batch_size)
-    ds = ds.map(two_views, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    def batched_two_views(data_pass, index):
+        """Per batch: equal-size images in memory, draws seeded by the batch's first example."""
+        images = augment.to_float_rgb(source.read(index))
+        batch_seed = tf.random.experimental.stateless_fold_in(pass_seed(data_pass[0]), index[0])
+        views = [augment.batch_views(images, image_size,
+                                     tf.random.experimental.stateless_fold_in(batch_seed, v))
+                 for v in (0, 1)]
+        return index, views[0], views[1]
 
     def photometric(index, view_q, view_k):
         return (index, augment.apply_photometric(*view_q), augment.apply_photometric(*view_k))
 
+    ds = tf.data.Dataset.range(first_pass, tf.int64.max).flat_map(one_pass)
+    ds = ds.skip(skip_batches * batch_size)
+    if num_steps is not None:
+        ds = ds.take(num_steps * batch_size)
+    if source.in_memory:  # batches never straddle passes: each pass is whole batches
+        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.map(batched_two_views, num_parallel_calls=AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(two_views, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.map(photometric, num_parallel_calls=AUTOTUNE, deterministic=True)
     # Several workers: each keeps its share of every global batch of the same stream (the
     # stream starts from range(), so there are no files to shard by).

@@ -92,3 +92,20 @@ def test_blur_only_for_large_crops_and_smooths():
     small = tf.random.uniform([1, 32, 32, 3], seed=3)
     np.testing.assert_allclose(augment.apply_photometric(small, _params(blur=1, sigma=2.0)).numpy(),
                                small.numpy(), atol=1e-6)
+
+
+def test_crop_boxes_stay_inside_and_cover_the_scale_range():
+    u = tf.random.stateless_uniform([2000, 4], _seed(5))
+    boxes = augment.crop_boxes(u, 28, 28).numpy()
+    assert boxes.min() >= 0.0 and boxes.max() <= 1.0 + 1e-6
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    assert areas.min() >= 0.2 - 1e-6 and areas.min() < 0.25 and areas.max() > 0.95
+
+
+def test_batch_views_are_seeded_and_differ_per_image():
+    images = tf.tile(tf.random.uniform([1, 20, 20, 3], seed=4), [6, 1, 1, 1])  # six copies
+    crops, params = augment.batch_views(images, 12, _seed(8))
+    again, _ = augment.batch_views(images, 12, _seed(8))
+    assert crops.shape == (6, 12, 12, 3) and params.shape == (6, augment.NUM_PARAMS)
+    np.testing.assert_array_equal(crops.numpy(), again.numpy())
+    assert not np.allclose(crops[0].numpy(), crops[1].numpy())  # each copy cropped differently
