@@ -5,12 +5,15 @@ subsets, labelled pipelines, the SGD set-up of the classifiers and result.json.
 """
 import json
 import os
+import sys
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from ifnd_tf import augment, config, data
+from ifnd_tf import augment, config, data, distribute
 
 fold_in = tf.random.experimental.stateless_fold_in
 
@@ -52,12 +55,18 @@ def export_dir_of(saved_model: str) -> str:
     return os.path.dirname(os.path.normpath(os.path.abspath(saved_model)))
 
 
-def resolve_paths(saved_model: str | None, model_dir: str, eval_dir: str | None,
-                  name: str) -> tuple[str, str]:
-    """--saved_model (default <model_dir>/export/saved_model) and the folder for result.json
-    (default <run>/<name>, beside the export folder)."""
-    saved_model = saved_model or os.path.join(model_dir, "export", "saved_model")
-    return saved_model, eval_dir or os.path.join(os.path.dirname(export_dir_of(saved_model)), name)
+def from_flags(name: str) -> tuple[str, str, tf.distribute.Strategy, data.Source, data.Source]:
+    """What an evaluation command needs, from the flags: the SavedModel path (default
+    <--model_dir>/export/saved_model), the folder for result.json (default <run>/<name>,
+    beside the export folder), the strategy, and the train and test splits."""
+    f = config.FLAGS
+    config.validate_eval_flags()
+    saved_model = f.saved_model or os.path.join(f.model_dir, "export", "saved_model")
+    eval_dir = f.eval_dir or os.path.join(os.path.dirname(export_dir_of(saved_model)), name)
+    strategy = distribute.make_strategy(f.cpu_replicas)
+    splits = [data.load_source(f.dataset, split, f.data_dir, f.download)
+              for split in ("train", "test")]
+    return saved_model, eval_dir, strategy, *splits
 
 
 def load_encoder(saved_model: str) -> keras.Model:
@@ -158,3 +167,16 @@ def write_result(eval_dir: str, result: dict) -> str:
     with open(path, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True)
     return path
+
+
+def entry_point(program: str, run: Callable[[], object]) -> Callable[[list[str]], None]:
+    """The absl main of an evaluation command: warnings only, and a bad flag or missing file
+    ends the program with one line that names it."""
+    def main(argv):
+        del argv
+        logging.set_verbosity(logging.WARNING)
+        try:
+            run()
+        except (config.ConfigError, data.DataError) as e:
+            sys.exit(f"{program}: error: {e}")
+    return main

@@ -10,13 +10,11 @@ features; random resized crop + flip, SGD with momentum and no weight decay (Sim
 fine-tuning recipe); top-1 / top-5 on the whole test split. Writes result.json to
 --eval_dir, default <run>/finetune beside the export folder.
 """
-import sys
-
 import keras
 import tensorflow as tf
-from absl import app, logging
+from absl import app
 
-from ifnd_tf import config, data, distribute, evaluate
+from ifnd_tf import config, data, evaluate
 from ifnd_tf.config import FLAGS
 
 
@@ -47,12 +45,7 @@ def finetune(saved_model: str, train_source: data.Source, test_source: data.Sour
 def run() -> dict:
     """Fine-tune once per labelled fraction named by the flags; write result.json."""
     f = FLAGS
-    config.validate_eval_flags()
-    saved_model, eval_dir = evaluate.resolve_paths(f.saved_model, f.model_dir, f.eval_dir,
-                                                   "finetune")
-    strategy = distribute.make_strategy(f.cpu_replicas)
-    train_source = data.load_source(f.dataset, "train", f.data_dir, f.download)
-    test_source = data.load_source(f.dataset, "test", f.data_dir, f.download)
+    saved_model, eval_dir, strategy, train_source, test_source = evaluate.from_flags("finetune")
     runs = []
     for fraction, epochs in config.finetune_plan():
         keras.utils.set_random_seed(f.seed)
@@ -69,14 +62,7 @@ def run() -> dict:
     return summary
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    try:
-        run()
-    except (config.ConfigError, data.DataError) as e:
-        sys.exit(f"ifnd_tf.finetune: error: {e}")
-
+main = evaluate.entry_point("ifnd_tf.finetune", run)
 
 if __name__ == "__main__":
     app.run(main)

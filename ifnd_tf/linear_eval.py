@@ -8,18 +8,16 @@ and takes dataset, image size and data location from the flags. Because the back
 frozen, its inference-mode features are computed once for the centre crop and for its
 horizontal flip; every epoch picks one of the two per example at random, which is the
 flip-only train augmentation at a fraction of the cost. Features are standardised with
-train-set statistics (BatchNorm without affine, as MAE / MoCo v3 probes do; still a linear
+train-set statistics (BatchNorm without affine, as MAE's probe does; still a linear
 map of the features), then SGD trains a Dense layer. Writes result.json (top-1 / top-5 on the
 test split) to --eval_dir, default <run>/linear_eval beside the export folder.
 """
-import sys
-
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, logging
+from absl import app
 
-from ifnd_tf import callbacks, config, data, distribute, evaluate
+from ifnd_tf import callbacks, data, evaluate
 from ifnd_tf.config import FLAGS
 
 
@@ -87,15 +85,11 @@ def probe(encoder: keras.Model, train_source: data.Source, test_source: data.Sou
 def run() -> dict:
     """Load the encoder and data named by the flags, probe, write result.json."""
     f = FLAGS
-    config.validate_eval_flags()
-    saved_model, eval_dir = evaluate.resolve_paths(f.saved_model, f.model_dir, f.eval_dir,
-                                                   "linear_eval")
-    strategy = distribute.make_strategy(f.cpu_replicas)
+    saved_model, eval_dir, strategy, train_source, test_source = evaluate.from_flags(
+        "linear_eval")
     keras.utils.set_random_seed(f.seed)
     with strategy.scope():
         encoder = evaluate.load_encoder(saved_model)
-    train_source = data.load_source(f.dataset, "train", f.data_dir, f.download)
-    test_source = data.load_source(f.dataset, "test", f.data_dir, f.download)
     result = probe(encoder, train_source, test_source, strategy, f.linear_epochs,
                    f.eval_batch_size, f.linear_learning_rate, f.eval_schedule, f.image_size,
                    f.embed_batch_size, f.seed)
@@ -106,14 +100,7 @@ def run() -> dict:
     return result
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    try:
-        run()
-    except (config.ConfigError, data.DataError) as e:
-        sys.exit(f"ifnd_tf.linear_eval: error: {e}")
-
+main = evaluate.entry_point("ifnd_tf.linear_eval", run)
 
 if __name__ == "__main__":
     app.run(main)
