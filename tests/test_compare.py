@@ -1,21 +1,14 @@
 """MoCo v2 against IFND on digits through the real command line (two tiny runs)."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from test_train import run_cli
 
 from ifnd_tf import compare, monitors
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _compare(model_dir, *extra):
-    command = [sys.executable, "-m", "ifnd_tf.compare", "--flagfile=flags/smoke.cfg",
-               f"--model_dir={model_dir}", "--linear_epochs=10", *extra]
-    return subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True,
-                          timeout=900)
+    return run_cli("ifnd_tf.compare", model_dir, "--linear_epochs=10", *extra, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,16 @@ from tensorboard.backend.event_processing import event_accumulator
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _train(model_dir, *extra):
-    command = [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
+def run_cli(module: str, model_dir, *extra, timeout: int = 600):
+    """`python -m <module> --flagfile=flags/smoke.cfg --model_dir=...`, output captured."""
+    command = [sys.executable, "-m", module, "--flagfile=flags/smoke.cfg",
                f"--model_dir={model_dir}", *extra]
-    return subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _train(model_dir, *extra):
+    return run_cli("ifnd_tf.train", model_dir, *extra)
 
 
 def _scalar_tags(folder):
