@@ -77,7 +77,6 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
     """Callbacks writing into run_dir (this worker's share of --model_dir)."""
     f = FLAGS
     result = [callbacks.StopOnNonFiniteLoss(manager, steps)]
-    config.validate_eval_flags()
     result.insert(0, monitors.EpochTimer())  # first: the epoch time includes the clustering pass
     pictures = os.path.join(run_dir, "diagnostics")
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "diagnostics"))
@@ -113,6 +112,7 @@ def run() -> str | None:
     f = FLAGS
     strategy = distribute.make_strategy(f.cpu_replicas, f.strategy, f.tpu)
     config.validate_flags(strategy.num_replicas_in_sync)
+    config.validate_eval_flags()  # before anything is written into --model_dir
     keras.utils.set_random_seed(f.seed)
     if f.deterministic:
         tf.config.experimental.enable_op_determinism()
