@@ -1,9 +1,11 @@
 """Share of the per-epoch clustering pass (embedding + every k-means level) in an epoch.
 
-The pass is what `callbacks.PseudoLabelCallback` runs at each epoch start: the key encoder
-embeds the whole training set (`DatasetEmbedder`), then `hierarchical_pseudo_labels` fits and
-assigns every level. The epoch's training time is steps_per_epoch x the median time of a
-`fit` step on the real input pipeline, measured in the same process.
+The pass is what `callbacks.PseudoLabelCallback` runs at each epoch start, for both
+--cluster_features: center_view = the key encoder embeds the whole training set
+(`DatasetEmbedder`); train_keys = the keys training wrote into the model's table are read
+back. Then `hierarchical_pseudo_labels` fits and assigns every level. The epoch's training
+time is steps_per_epoch x the median time of a `fit` step on the real input pipeline, for the
+model of each setting (train_keys also writes the table every step), measured in one process.
 
     python -m bench.clustering_share                             # Fashion-MNIST, demo model
     python -m bench.clustering_share --dataset=synthetic_cifar    # 50,000 random 32x32x3 images
@@ -12,12 +14,15 @@ import argparse
 import statistics
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 import threadpoolctl
 
 from bench import common
 from ifnd_tf import callbacks, clustering, data, diagnostics
+
+FEATURES = (callbacks.CENTER_VIEW, callbacks.TRAIN_KEYS)
 
 # dataset -> (backbone, image size, width, batch, key_bn_splits): the demo and the CIFAR config.
 SETUPS = {"fashion_mnist": ("small", 28, 0.5, 256, 4),
@@ -33,15 +38,35 @@ def synthetic_source(num_examples: int, image_size: int, seed: int = 0) -> data.
                        rng.integers(0, 10, num_examples), 10, in_memory=True)
 
 
-def fit_runner(moco, source: data.Source, batch: int, image_size: int, steps: int):
-    """A function timing `steps` training steps through `fit` on the real augmentation pipeline."""
-    def fit(num_steps: int = steps) -> float:
-        stream = data.train_pipeline(source, batch, image_size, seed=0, num_steps=num_steps)
-        moco.fit(stream, epochs=1, steps_per_epoch=num_steps, verbose=0, shuffle=False)
-        return 0.0
+class _StepClock(keras.callbacks.Callback):
+    """Time at the end of every training step."""
 
-    fit(2)  # trace
-    return fit
+    def __init__(self):
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter())
+
+
+def fit_runner(moco, source: data.Source, batch: int, image_size: int, steps: int,
+               warmup_steps: int = 2):
+    """A function running `steps` training steps through `fit` on the real augmentation
+    pipeline, and the list of each call's steady seconds per step (after `warmup_steps`: the
+    new pipeline's start-up is a once-per-run cost, not a per-epoch one)."""
+    step_seconds: list[float] = []
+
+    def fit(num_steps: int = steps) -> None:
+        stream = data.train_pipeline(source, batch, image_size, seed=0, num_steps=num_steps)
+        clock = _StepClock()
+        moco.fit(stream, epochs=1, steps_per_epoch=num_steps, verbose=0, shuffle=False,
+                 callbacks=[clock])
+        times = clock.times[warmup_steps - 1:]
+        step_seconds.append((times[-1] - times[0]) / (len(times) - 1))
+
+    fit(warmup_steps + 2)  # trace
+    step_seconds.clear()
+    return fit, step_seconds
 
 
 def embed_runner(moco, source: data.Source, embed_batch: int, image_size: int, subset: int,
@@ -110,38 +135,46 @@ def main() -> None:
     backbone, image_size, width, batch, splits = SETUPS[args.dataset]
     cifar = args.dataset == "synthetic_cifar"
     subset = args.embed_subset if args.embed_subset is not None else (4096 if cifar else 0)
-    steps = args.steps or (2 if cifar else 20)
+    steps = args.steps or (5 if cifar else 60)
     source = synthetic_source(50_000, image_size) if cifar else data.load_source(args.dataset)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    flags = common.model_flags(backbone, image_size, batch, width, splits)
-    moco = common.build_moco(flags, False, strategy, source.num_examples)
-    common.fill_pseudo_labels(moco, KS)
+    models = {features: common.build_moco(
+        common.model_flags(backbone, image_size, batch, width, splits, cluster_features=features),
+        False, strategy, source.num_examples) for features in FEATURES}
+    for moco in models.values():
+        common.fill_pseudo_labels(moco, KS)
     steps_per_epoch = source.num_examples // batch
 
-    fit = fit_runner(moco, source, batch, image_size, steps)
-    embed, fraction, embeddings = embed_runner(moco, source, args.embed_batch, image_size,
-                                               subset, strategy)
+    runners = {f: fit_runner(moco, source, batch, image_size, steps) for f, moco in models.items()}
+    timed_parts = {f"fit {f}": fit for f, (fit, _) in runners.items()}
+    embed, fraction, embeddings = embed_runner(models[callbacks.CENTER_VIEW], source,
+                                               args.embed_batch, image_size, subset, strategy)
+    table = models[callbacks.TRAIN_KEYS].train_keys
+    timed_parts |= {"embed": embed, "read train_keys": table.numpy}
     # Training and the embedding pass alternate, so load from other work hits both alike.
-    timed = common.alternate({"fit": fit, "embed": embed}, args.rounds)
-    step_s = [t / steps for t in timed["fit"]]
-    epoch_s = statistics.median(step_s) * steps_per_epoch
-    embed_s = statistics.median(timed["embed"]) / fraction
+    timed = common.alternate(timed_parts, args.rounds)
+    step_s = {f: step_seconds for f, (_, step_seconds) in runners.items()}
+    epoch_s = {f: statistics.median(s) * steps_per_epoch for f, s in step_s.items()}
+    features_s = {callbacks.CENTER_VIEW: statistics.median(timed["embed"]) / fraction,
+                  callbacks.TRAIN_KEYS: statistics.median(timed["read train_keys"])}
     labels, _ = clustering.hierarchical_pseudo_labels(embeddings, KS, 1.0, "faiss", 0)
     start = time.perf_counter()
     diagnostics.label_quality(labels, source.labels, list(KS))
     diagnostics_s = time.perf_counter() - start
     caps = [None if c == "default" else int(c) for c in args.kmeans_threads.split(",")]
     kmeans_s = hierarchy_seconds(embeddings, args.backends.split(","), caps, args.rounds)
-    rows = [[backend, threads or "default", epoch_s, embed_s, s, embed_s + s,
-             f"{100 * (embed_s + s) / epoch_s:.1f} %"]
-            for (backend, threads), s in kmeans_s.items()]
+    share = {(f, b, t): (features_s[f] + s) / epoch_s[f]
+             for f in FEATURES for (b, t), s in kmeans_s.items()}
+    rows = [[f, backend, threads or "default", epoch_s[f], features_s[f], s, features_s[f] + s,
+             f"{100 * share[f, backend, threads]:.1f} %"]
+            for f in FEATURES for (backend, threads), s in kmeans_s.items()]
     extrapolated = f", embedding extrapolated from {subset}" if subset else ""
     common.print_table(
         f"Clustering pass vs one training epoch, {args.dataset} ({source.num_examples} images, "
-        f"{backbone}, batch {batch}, {steps_per_epoch} steps{extrapolated}); k-means: median "
+        f"{backbone}, batch {batch}, {steps_per_epoch} steps{extrapolated}); median "
         f"of {args.rounds} alternating rounds",
-        ["backend", "k-means threads", "epoch train s", "embed s", "k-means s (k=10,20,50)",
-         "pass s", "share"], rows)
+        ["features", "backend", "k-means threads", "epoch train s", "features s",
+         "k-means s (k=10,20,50)", "pass s", "share"], rows)
     parts = {str(c or "default"): kmeans_breakdown(embeddings, KS, "faiss", c) for c in caps}
     common.print_table("Shared k-means parts inside the hierarchy (seconds)",
                        ["part", *(f"threads={c}" for c in parts)],
@@ -151,11 +184,11 @@ def main() -> None:
     common.write_json(args.name or f"clustering_share_{args.dataset}", {
         "dataset": args.dataset, "backbone": backbone, "batch": batch,
         "steps_per_epoch": steps_per_epoch, "fit_step_seconds": step_s, "epoch_seconds": epoch_s,
-        "embed_seconds": embed_s, "embed_round_seconds": timed["embed"], "embed_subset": subset, "embed_batch": args.embed_batch,
+        "features_seconds": features_s, "round_seconds": timed, "embed_subset": subset,
+        "embed_batch": args.embed_batch,
         "kmeans_seconds": {f"{b} threads={t or 'default'}": v for (b, t), v in kmeans_s.items()},
         "shared_parts": parts, "diagnostics_seconds": diagnostics_s,
-        "share": {f"{b} threads={t or 'default'}": (embed_s + v) / epoch_s
-                  for (b, t), v in kmeans_s.items()}})
+        "share": {f"{f} {b} threads={t or 'default'}": v for (f, b, t), v in share.items()}})
 
 
 if __name__ == "__main__":

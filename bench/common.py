@@ -33,12 +33,14 @@ def parse_train_flags(**values) -> None:
 
 
 def model_flags(backbone: str, image_size: int, batch_size: int, width: float = 1.0,
-                key_bn_splits: int = 4, mixed_precision: str = "off") -> dict:
+                key_bn_splits: int = 4, mixed_precision: str = "off",
+                cluster_features: str = "center_view") -> dict:
     """The run-defining flags of a benchmarked model (demo / CIFAR values otherwise)."""
     return {"backbone": backbone, "image_size": image_size, "batch_size": batch_size,
             "width_multiplier": width, "key_bn_splits": key_bn_splits, "queue_size": 4096,
             "num_clusters": "10,20,50", "moco_momentum": 0.99, "learning_rate": 0.06,
-            "weight_decay": 5e-4, "epochs": 10, "mixed_precision": mixed_precision}
+            "weight_decay": 5e-4, "epochs": 10, "mixed_precision": mixed_precision,
+            "cluster_features": cluster_features}
 
 
 def build_moco(flags: dict, jit: bool, strategy: tf.distribute.Strategy, num_examples: int,

@@ -1,10 +1,11 @@
 """Step cost of IFND: the train step with a full false-negative mask vs an empty one.
 
 Same model, same cached batch, one process, variants alternated round by round. Also XLA
-on/off and bfloat16 mixed precision on/off (separate models of the same architecture).
+on/off, bfloat16 mixed precision on/off, and writing each key into the train_keys table
+(--cluster_features=train_keys) on/off (separate models of the same architecture).
 
     python -m bench.step                       # small net + ResNet-18 CIFAR, IFND on/off
-    python -m bench.step --variants=ifnd,jit,mixed_precision --backbones=small
+    python -m bench.step --variants=ifnd,jit,mixed_precision,train_keys --backbones=small
 """
 import argparse
 import statistics
@@ -27,6 +28,10 @@ def _variant_models(kind: str, backbone: str, batch: int, strategy) -> dict:
     if kind == "jit":
         return {"jit off": common.build_moco(flags, False, strategy, common.NUM_EXAMPLES),
                 "jit on": common.build_moco(flags, True, strategy, common.NUM_EXAMPLES)}
+    if kind == "train_keys":
+        return {name: common.build_moco({**flags, "cluster_features": name}, False, strategy,
+                                         common.NUM_EXAMPLES)
+                for name in ("center_view", "train_keys")}
     bf16 = {**flags, "mixed_precision": "bfloat16"}
     return {"float32": common.build_moco(flags, False, strategy, common.NUM_EXAMPLES),
             "mixed bfloat16": common.build_moco(bf16, False, strategy, common.NUM_EXAMPLES)}
@@ -69,8 +74,8 @@ def measure(kind: str, backbone: str, batch: int, steps: int, rounds: int, strat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default="small,resnet18_cifar")
-    parser.add_argument("--variants", default="ifnd,jit,mixed_precision",
-                        help="ifnd, jit, mixed_precision (jit / mixed precision: small only "
+    parser.add_argument("--variants", default="ifnd,jit,mixed_precision,train_keys",
+                        help="ifnd, jit, mixed_precision, train_keys (all but ifnd: small only "
                              "unless --all_backbones)")
     parser.add_argument("--all_backbones", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)

@@ -22,12 +22,19 @@ FLIP, JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE, GRAY, BLUR, SIGMA = range(9
 NUM_PARAMS = 9
 
 
+def to_float(image: tf.Tensor) -> tf.Tensor:
+    """uint8 [..., H, W, C] -> float32 in [0, 1], channels kept (gray stays one channel)."""
+    return tf.image.convert_image_dtype(image, tf.float32)
+
+
+def to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """[..., H, W, 1 or 3] -> [..., H, W, 3]: the encoders take RGB."""
+    return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
+
+
 def to_float_rgb(image: tf.Tensor) -> tf.Tensor:
     """uint8 [..., H, W, 1 or 3] -> float32 [..., H, W, 3] in [0, 1]."""
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    if image.shape[-1] == 1:
-        image = tf.image.grayscale_to_rgb(image)
-    return image
+    return to_rgb(to_float(image))
 
 
 def crop_boxes(u: tf.Tensor, height: tf.Tensor, width: tf.Tensor, scale=CROP_SCALE,
@@ -106,14 +113,19 @@ def _per_image(values: tf.Tensor) -> tf.Tensor:
 
 
 def _gray(images: tf.Tensor) -> tf.Tensor:
-    return tf.image.rgb_to_grayscale(images)
+    return images if images.shape[-1] == 1 else tf.image.rgb_to_grayscale(images)
 
 
 def _color_jitter(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
-    """torchvision ColorJitter semantics (multiplicative factors, hue shift), fixed order."""
+    """torchvision ColorJitter semantics (multiplicative factors, hue shift), fixed order.
+
+    Saturation and hue leave gray pixels as they are, so one-channel images skip them.
+    """
     x = tf.clip_by_value(images * _per_image(params[:, BRIGHTNESS]), 0.0, 1.0)
     mean = tf.reduce_mean(_gray(x), axis=[1, 2, 3], keepdims=True)
     x = tf.clip_by_value((x - mean) * _per_image(params[:, CONTRAST]) + mean, 0.0, 1.0)
+    if x.shape[-1] == 1:
+        return x
     gray = _gray(x)
     x = tf.clip_by_value((x - gray) * _per_image(params[:, SATURATION]) + gray, 0.0, 1.0)
     hsv = tf.image.rgb_to_hsv(x)
@@ -140,12 +152,15 @@ def _gaussian_blur(images: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
 
 
 def apply_photometric(images: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
-    """Flip, jitter, grayscale and (large crops only) blur a batch [B, H, W, 3] by its params."""
+    """Flip, jitter, grayscale and (large crops only) blur a batch [B, H, W, 1 or 3] by its
+    params; RGB out. A gray batch gives what its RGB copy would, with a third of the work and
+    no colour steps (they leave gray pixels unchanged)."""
     images = tf.where(_per_image(params[:, FLIP]) > 0, tf.reverse(images, axis=[2]), images)
     images = tf.where(_per_image(params[:, JITTER]) > 0, _color_jitter(images, params), images)
-    gray = tf.image.grayscale_to_rgb(_gray(images))
-    images = tf.where(_per_image(params[:, GRAY]) > 0, gray, images)
+    if images.shape[-1] == 3:
+        gray = tf.image.grayscale_to_rgb(_gray(images))
+        images = tf.where(_per_image(params[:, GRAY]) > 0, gray, images)
     if images.shape[1] >= BLUR_MIN_IMAGE_SIZE:
         blurred = _gaussian_blur(images, params[:, SIGMA])
         images = tf.where(_per_image(params[:, BLUR]) > 0, blurred, images)
-    return tf.clip_by_value(images, 0.0, 1.0)
+    return to_rgb(tf.clip_by_value(images, 0.0, 1.0))

@@ -10,6 +10,11 @@ import tensorflow as tf
 
 from ifnd_tf import clustering, diagnostics
 
+# What the pseudo-label pass clusters (--cluster_features).
+CENTER_VIEW = "center_view"  # the key encoder over every un-augmented image (paper, DESIGN.md)
+TRAIN_KEYS = "train_keys"  # each example's latest key from training: no extra forward pass
+CLUSTER_FEATURES = (CENTER_VIEW, TRAIN_KEYS)
+
 
 class DatasetEmbedder:
     """Inference-mode encoder outputs for every (index, image) example, placed by index.
@@ -53,6 +58,10 @@ class DatasetEmbedder:
 class PseudoLabelCallback(keras.callbacks.Callback):
     """At each epoch start after warm-up: embed, cluster, accept the top alpha, fill the table.
 
+    With cluster_features=TRAIN_KEYS the embeddings are the model's `train_keys` (each
+    example's key from its latest training step, at most an epoch old) instead of a pass over
+    the centre views; until every example has one, the centre-view pass runs.
+
     Writes accepted labels into `model.pseudo_labels` (levels x N, -1 = none). Prints and writes
     to TensorBoard (log_dir, tags ifnd/*) alpha, the accepted fraction and cluster sizes per
     level, and the pair precision / recall of the false negatives the loss will now mask (only
@@ -67,8 +76,12 @@ class PseudoLabelCallback(keras.callbacks.Callback):
                  seed: int, strategy: tf.distribute.Strategy, kmeans_iterations: int = 20,
                  max_points_per_centroid: int = 256, true_labels: np.ndarray | None = None,
                  log_dir: str | None = None, verbose: bool = True,
-                 kmeans_threads: int | None = None):
+                 kmeans_threads: int | None = None, cluster_features: str = CENTER_VIEW):
         super().__init__()
+        if cluster_features not in CLUSTER_FEATURES:
+            raise ValueError(f"cluster_features must be one of {CLUSTER_FEATURES}, "
+                             f"got {cluster_features!r}")
+        self.cluster_features = cluster_features
         self.embedding_data = embedding_data
         self.num_examples = num_examples
         self.num_clusters = list(num_clusters)
@@ -112,10 +125,7 @@ class PseudoLabelCallback(keras.callbacks.Callback):
 
     def _update_pseudo_labels(self, epoch: int, alpha: float) -> None:
         start = time.perf_counter()
-        if self.embedder is None:
-            self.embedder = DatasetEmbedder(self.model.key_encoder, self.strategy,
-                                            self.embedding_data, self.num_examples)
-        embeddings = self.embedder()
+        embeddings = self._embeddings()
         labels, stats = clustering.hierarchical_pseudo_labels(
             embeddings, self.num_clusters, alpha, seed=self.seed + 1000 * epoch, **self.kmeans)
         self.model.pseudo_labels.assign(labels)
@@ -126,6 +136,19 @@ class PseudoLabelCallback(keras.callbacks.Callback):
             self.details[f"median_cluster_k{level.k}"] = level.median_cluster
             self.details[f"smallest_cluster_k{level.k}"] = level.smallest_cluster
         self._log_label_diagnostics(labels)
+
+    def _embeddings(self) -> np.ndarray:
+        """The training keys if asked for and complete, else the centre-view pass."""
+        if self.cluster_features == TRAIN_KEYS:
+            keys = self.model.train_keys.numpy()
+            complete = bool(np.any(keys != 0, axis=1).all())
+            self.details["clustered_train_keys"] = float(complete)
+            if complete:
+                return keys
+        if self.embedder is None:
+            self.embedder = DatasetEmbedder(self.model.key_encoder, self.strategy,
+                                            self.embedding_data, self.num_examples)
+        return self.embedder()
 
     def _log_label_diagnostics(self, labels: np.ndarray) -> None:
         """Accepted samples and, given true labels, FN precision / recall and purity per level."""

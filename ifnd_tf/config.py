@@ -6,7 +6,7 @@ the flag.
 """
 from absl import flags
 
-from ifnd_tf import clustering, distribute, losses, model
+from ifnd_tf import callbacks, clustering, distribute, losses, model
 
 FLAGS = flags.FLAGS
 
@@ -57,6 +57,10 @@ flags.DEFINE_integer("kmeans_max_points_per_centroid", 256,
 flags.DEFINE_integer("kmeans_threads", 0,
                      "Cap on numpy/faiss/sklearn threads in k-means (0 = their default). 1 was "
                      "3-4x faster on 2 cores busy with training (BUILD_NOTES.md).")
+flags.DEFINE_enum("cluster_features", callbacks.CENTER_VIEW, list(callbacks.CLUSTER_FEATURES),
+                  "What k-means clusters: center_view = the key encoder over every un-augmented "
+                  "image at each epoch start (the paper); train_keys = each example's key from "
+                  "its latest training step, no extra pass (BUILD_NOTES.md).")
 flags.DEFINE_integer("embed_batch_size", 1024, "Batch size of the clustering embedding pass.")
 
 # Runtime
@@ -85,7 +89,8 @@ RUN_DEFINING_FLAGS = (
     "key_bn_splits", "epochs", "steps_per_epoch", "batch_size", "learning_rate", "sgd_momentum",
     "weight_decay", "temperature", "moco_momentum", "queue_size", "ifnd", "fn_strategy",
     "num_clusters", "warmup_epochs", "alpha_start", "alpha_end", "alpha_shape", "kmeans_backend",
-    "kmeans_iterations", "kmeans_max_points_per_centroid", "seed", "mixed_precision")
+    "kmeans_iterations", "kmeans_max_points_per_centroid", "cluster_features", "seed",
+    "mixed_precision")
 
 
 # Evaluation: the kNN monitor of ifnd_tf.train, ifnd_tf.linear_eval, ifnd_tf.finetune and

@@ -232,8 +232,11 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
         return index, views[0], views[1]
 
     def batched_two_views(data_pass, index):
-        """Per batch: equal-size images in memory, draws seeded by the batch's first example."""
-        images = augment.to_float_rgb(source.read(index))
+        """Per batch: equal-size images in memory, draws seeded by the batch's first example.
+
+        Gray images stay one channel until apply_photometric returns RGB: a third of the work.
+        """
+        images = augment.to_float(source.read(index))
         batch_seed = tf.random.experimental.stateless_fold_in(pass_seed(data_pass[0]), index[0])
         views = [augment.batch_views(images, image_size,
                                      tf.random.experimental.stateless_fold_in(batch_seed, v))

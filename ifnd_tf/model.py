@@ -111,7 +111,8 @@ class MomentumContrast(keras.Model):
     def __init__(self, encoder: keras.Model, key_encoder: keras.Model, num_examples: int,
                  queue_size: int = 4096, num_levels: int = 1, temperature: float = 0.2,
                  momentum: float = 0.999, fn_strategy: str = losses.ELIMINATION,
-                 key_bn_splits: int = 1, weight_decay: float = 1e-4, seed: int = 0, **kwargs):
+                 key_bn_splits: int = 1, weight_decay: float = 1e-4, seed: int = 0,
+                 remember_keys: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.key_encoder = key_encoder
@@ -133,6 +134,11 @@ class MomentumContrast(keras.Model):
         self.pseudo_labels = self.add_weight(
             shape=(num_levels, num_examples), initializer=keras.initializers.Constant(-1),
             dtype="int32", trainable=False, aggregation=first, name="pseudo_labels")
+        # Each example's latest training key, by dataset index (zero row = not seen yet): the
+        # clustering pass can cluster these instead of embedding the whole set again.
+        self.train_keys = self.add_weight(
+            shape=(num_examples, dim), initializer="zeros", trainable=False, aggregation=first,
+            name="train_keys") if remember_keys else None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="acc")
         self.masked_tracker = keras.metrics.Mean(name="masked")
@@ -194,6 +200,11 @@ class MomentumContrast(keras.Model):
         self.queue_ids.assign(keras.ops.slice_update(self.queue_ids, [ptr], tf.cast(ids, tf.int32)))
         self.queue_ptr.assign((ptr + tf.shape(keys)[0]) % self.queue_ids.shape[0])
 
+    def remember(self, keys: tf.Tensor, ids: tf.Tensor) -> None:
+        """Write the global batch of keys into `train_keys` at their dataset indices."""
+        # A row scatter: assigning a whole updated copy would move the [N, dim] table every step.
+        self.train_keys.value.scatter_update(tf.IndexedSlices(keys, tf.cast(ids, tf.int32)))
+
     def train_step(self, data):
         index, view_q, view_k = data
         replica = tf.distribute.get_replica_context()
@@ -214,7 +225,10 @@ class MomentumContrast(keras.Model):
         self.optimizer.apply_gradients(zip(grads, variables))
         # int32: an int64 all_gather fails under MultiWorkerMirroredStrategy.
         ids = replica.all_gather(tf.cast(index, tf.int32), axis=0)
-        self.enqueue(replica.all_gather(keys, axis=0), ids)
+        all_keys = replica.all_gather(keys, axis=0)
+        self.enqueue(all_keys, ids)
+        if self.train_keys is not None:
+            self.remember(all_keys, ids)
 
         if self.fn_strategy == losses.ELIMINATION:
             logits = losses.masked_logits_for_elimination(logits, fn_mask)

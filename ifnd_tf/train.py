@@ -32,7 +32,8 @@ def build_model(num_examples: int, steps_per_epoch: int, jit: bool) -> model.Mom
         encoders[0], encoders[1], num_examples, queue_size=f.queue_size,
         num_levels=len(config.cluster_counts()) if f.ifnd else 1, temperature=f.temperature,
         momentum=f.moco_momentum, fn_strategy=f.fn_strategy, key_bn_splits=f.key_bn_splits,
-        weight_decay=f.weight_decay, seed=f.seed)
+        weight_decay=f.weight_decay, seed=f.seed,
+        remember_keys=f.ifnd and f.cluster_features == callbacks.TRAIN_KEYS)
     moco.copy_query_to_key_encoder()
     schedule = keras.optimizers.schedules.CosineDecay(
         f.learning_rate * f.batch_size / 256, decay_steps=f.epochs * steps_per_epoch)
@@ -87,7 +88,7 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
             f.alpha_start, f.alpha_end, f.alpha_shape, f.kmeans_backend, f.seed, strategy,
             f.kmeans_iterations, f.kmeans_max_points_per_centroid, true_labels=source.labels,
             log_dir=os.path.join(run_dir, "logs", "ifnd"),
-            kmeans_threads=f.kmeans_threads or None))
+            kmeans_threads=f.kmeans_threads or None, cluster_features=f.cluster_features))
     if f.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
         try:
             test = data.load_source(f.dataset, "test", f.data_dir, f.download)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from ifnd_tf import augment
@@ -81,6 +82,19 @@ def test_photometric_ops_do_what_their_params_say():
     np.testing.assert_allclose(darker.numpy(), image.numpy() * 0.5, atol=1e-5)
     gray = augment.apply_photometric(image, _params(gray=1)).numpy()
     np.testing.assert_allclose(gray[..., 0], gray[..., 2], atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [28, 64])  # 64: the blur too
+def test_gray_images_augment_as_their_rgb_copies(size):
+    gray = tf.random.uniform([64, size, size, 1], seed=6)
+    params = augment.photometric_params(tf.random.stateless_uniform([64, augment.NUM_PARAMS],
+                                                                    _seed(9)))
+    one_channel = augment.apply_photometric(gray, params)
+    three_channels = augment.apply_photometric(tf.image.grayscale_to_rgb(gray), params)
+    assert one_channel.shape == (64, size, size, 3)
+    # Not bit-equal: TF's RGB-to-gray weights sum to 0.9999, so the RGB path's gray is 1e-4 off.
+    np.testing.assert_allclose(one_channel.numpy(), three_channels.numpy(), atol=3e-4)
+    assert params[:, augment.JITTER].numpy().sum() > 40  # the jitter really ran on most
 
 
 def test_blur_only_for_large_crops_and_smooths():

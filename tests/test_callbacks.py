@@ -6,11 +6,12 @@ import tensorflow as tf
 from ifnd_tf import callbacks, data, diagnostics, model
 
 
-def _digits_moco(strategy, source, levels):
+def _digits_moco(strategy, source, levels, remember_keys=False):
     with strategy.scope():
         encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=16) for _ in range(2)]
         moco = model.MomentumContrast(encoders[0], encoders[1], source.num_examples,
-                                      queue_size=64, num_levels=levels, key_bn_splits=2)
+                                      queue_size=64, num_levels=levels, key_bn_splits=2,
+                                      remember_keys=remember_keys)
         moco.copy_query_to_key_encoder()
         moco.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
         moco.optimizer.build(moco.encoder.trainable_variables)
@@ -67,6 +68,39 @@ def test_warmup_epoch_clears_the_table(one_replica):
     assert (moco.pseudo_labels.numpy() == -1).all()
     callback.on_epoch_begin(2)
     assert np.mean(moco.pseudo_labels.numpy() >= 0) == pytest.approx(1 / 3, abs=0.02)
+
+
+def test_training_keys_are_clustered_once_every_example_has_one(one_replica):
+    source = data.load_source("digits", "test")
+    moco = _digits_moco(one_replica, source, levels=1, remember_keys=True)
+    callback = callbacks.PseudoLabelCallback(
+        data.embedding_pipeline(source, 512, 16), source.num_examples, [10], total_epochs=2,
+        warmup_epochs=1, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
+        seed=0, strategy=one_replica, verbose=False, cluster_features=callbacks.TRAIN_KEYS)
+    callback.set_model(moco)
+    # One example without a key yet: the centre-view pass runs instead.
+    groups = np.arange(source.num_examples) % 10
+    centres = np.linalg.qr(np.random.default_rng(0).normal(size=(16, 16)))[0][:10]
+    noise = 0.05 * np.random.default_rng(1).normal(size=(source.num_examples, 16))
+    keys = centres[groups] + noise
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    moco.train_keys.assign(np.where(np.arange(source.num_examples)[:, None] == 7, 0, keys))
+    callback.on_epoch_begin(1)
+    assert callback.details["clustered_train_keys"] == 0.0
+    assert (moco.pseudo_labels.numpy() >= 0).all()
+    # Complete: the table is what gets clustered, so its ten groups come back exactly.
+    moco.train_keys.assign(keys)
+    callback.on_epoch_begin(1)
+    assert callback.details["clustered_train_keys"] == 1.0
+    labels = moco.pseudo_labels.numpy()[0]
+    assert all(len(np.unique(labels[groups == g])) == 1 for g in range(10))
+    assert len(np.unique(labels)) == 10
+
+
+def test_unknown_cluster_features_is_refused(one_replica):
+    with pytest.raises(ValueError, match="cluster_features must be one of"):
+        callbacks.PseudoLabelCallback(None, 10, [2], 2, 1, 0.0, 1.0, "linear", "tf", 0,
+                                      one_replica, cluster_features="views")
 
 
 def test_non_finite_loss_guard_names_step_and_kept_checkpoint(tmp_path):

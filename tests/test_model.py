@@ -123,6 +123,19 @@ def test_elimination_of_whole_queue_gives_zero_loss_and_full_accuracy():
     assert history.history["masked"][0] == pytest.approx(8.0)
 
 
+def test_train_step_remembers_each_key_at_its_dataset_index():
+    moco = _compiled(_moco(num_examples=20, queue_size=8, remember_keys=True))
+    index = tf.constant([17, 3, 9, 0, 12, 5, 19, 8], tf.int64)
+    views = tf.random.uniform([2, 8, 16, 16, 3], seed=1)
+    moco.fit(tf.data.Dataset.from_tensors((index, views[0], views[1])), epochs=1, verbose=0)
+    table = moco.train_keys.numpy()
+    # The rows of this batch hold the keys it enqueued; the other rows were never written.
+    np.testing.assert_array_equal(table[index.numpy()], moco.queue_keys.numpy())
+    np.testing.assert_allclose(np.linalg.norm(table[index.numpy()], axis=1), 1.0, rtol=1e-5)
+    assert not table[np.setdiff1d(np.arange(20), index.numpy())].any()
+    assert _moco().train_keys is None  # off by default: no [N, dim] table
+
+
 def test_train_step_moves_query_encoder_and_ema_follows():
     moco = _compiled(_moco(num_examples=8, queue_size=8, momentum=0.5))
     before_query = [v.numpy().copy() for v in moco.encoder.trainable_variables]
@@ -142,7 +155,8 @@ def test_two_replicas_stay_identical(two_replicas):
     """A real fit with the clustering pass between epochs, as in training."""
     source = data.load_source("digits")
     with two_replicas.scope():
-        moco = _compiled(_moco(num_examples=source.num_examples, queue_size=64, key_bn_splits=2))
+        moco = _compiled(_moco(num_examples=source.num_examples, queue_size=64, key_bn_splits=2,
+                               remember_keys=True))
     pseudo_labels = callbacks.PseudoLabelCallback(
         data.embedding_pipeline(source, 256, 16), source.num_examples, [10], total_epochs=2,
         warmup_epochs=1, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
@@ -151,10 +165,13 @@ def test_two_replicas_stay_identical(two_replicas):
     history = moco.fit(train, epochs=2, steps_per_epoch=3, callbacks=[pseudo_labels], verbose=0)
     assert history.history["masked"][1] > 0
     stateful = (moco.encoder.variables + moco.key_encoder.variables
-                + [moco.queue_keys, moco.queue_ids, moco.queue_ptr])
+                + [moco.queue_keys, moco.queue_ids, moco.queue_ptr, moco.train_keys])
     for variable in stateful:
         replicas = [v.numpy() for v in variable.value.values]
         assert len(replicas) == 2
         np.testing.assert_allclose(replicas[0], replicas[1], rtol=1e-5, atol=1e-6,
                                    err_msg=variable.path)
     assert int(moco.queue_ptr.numpy()) == (6 * 32) % 64
+    # Both replicas' halves of the last two batches are in the table, at their indices.
+    table, ids = moco.train_keys.numpy(), moco.queue_ids.numpy()
+    np.testing.assert_array_equal(table[ids], moco.queue_keys.numpy())

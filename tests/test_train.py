@@ -105,12 +105,12 @@ def test_model_dir_with_other_flags_is_refused(smoke_run):
     assert json.loads((model_dir / "flags.json").read_text())["epochs"] == 3
 
 
-def _restore(model_dir, num_levels=2):
+def _restore(model_dir, num_levels=2, remember_keys=False):
     from ifnd_tf import model
 
     encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=32) for _ in range(2)]
     moco = model.MomentumContrast(*encoders, num_examples=1437, queue_size=256,
-                                  num_levels=num_levels)
+                                  num_levels=num_levels, remember_keys=remember_keys)
     tf.train.Checkpoint(model=moco).restore(
         tf.train.latest_checkpoint(str(model_dir / "checkpoints"))).expect_partial()
     return moco
@@ -156,6 +156,19 @@ def test_sigkill_mid_epoch_then_rerun_continues_exactly(tmp_path):
     np.testing.assert_allclose(a.queue_keys.numpy(), b.queue_keys.numpy(), atol=1e-4)
     for x, y in zip(a.encoder.weights, b.encoder.weights):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_train_keys_run_clusters_the_keys_training_wrote(tmp_path):
+    # 22 steps of 64 per epoch: one pass leaves 29 of the 1,437 digits without a key.
+    result = _train(tmp_path, "--cluster_features=train_keys", "--steps_per_epoch=0",
+                    "--epochs=4", "--knn_every=0", "--export=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ifnd_lines = {line.split(":")[0]: line for line in result.stdout.splitlines()
+                  if line.startswith("IFND epoch")}
+    assert "clustered_train_keys=0," in ifnd_lines["IFND epoch 2"]  # centre-view pass instead
+    assert "clustered_train_keys=1," in ifnd_lines["IFND epoch 4"]
+    table = _restore(tmp_path, remember_keys=True).train_keys.numpy()  # checkpointed
+    np.testing.assert_allclose(np.linalg.norm(table, axis=1), 1.0, rtol=1e-4)
 
 
 def test_same_seed_same_loss_curve(smoke_run, tmp_path):
