@@ -19,23 +19,25 @@ CLUSTER_FEATURES = (CENTER_VIEW, TRAIN_KEYS)
 class DatasetEmbedder:
     """Inference-mode encoder outputs for every (index, image) example, placed by index.
 
-    Batches are split over replicas and gathered back with their indices, so the result does
-    not depend on how many replicas ran or in which order their batches came back. The step is
-    traced once and reused every epoch.
+    Each host batch is split over replicas (a strided share each) and gathered back with its
+    indices, so the result does not depend on how many replicas ran. The dataset is iterated
+    plainly, not as a distributed dataset, whose iterator took up to 7 s to drop after a
+    standalone pass (BUILD_NOTES, Benchmarks 5). The step is traced once.
     """
 
     def __init__(self, encoder: keras.Model, strategy: tf.distribute.Strategy,
                  dataset: tf.data.Dataset, num_examples: int, output: str = "embedding"):
-        self.strategy = strategy
+        self.dataset = dataset
         self.num_examples = num_examples
         self.dim = encoder.output[output].shape[-1]
-        # Distributed once: a new distributed dataset each call would retrace the step.
-        self.dataset = strategy.experimental_distribute_dataset(dataset)
+        replicas = strategy.num_replicas_in_sync
 
         # The element spec has an unknown batch size: the last, smaller batch does not retrace.
-        @tf.function(input_signature=self.dataset.element_spec)
+        @tf.function(input_signature=dataset.element_spec)
         def embed_batch(index, images):
             def on_replica(index, images):  # int32: int64 gathers fail across workers
+                share = tf.distribute.get_replica_context().replica_id_in_sync_group
+                index, images = index[share::replicas], images[share::replicas]
                 return tf.cast(index, tf.int32), encoder(images, training=False)[output]
             index, values = strategy.run(on_replica, args=(index, images))
             return strategy.gather(index, axis=0), strategy.gather(values, axis=0)
@@ -67,7 +69,8 @@ class PseudoLabelCallback(keras.callbacks.Callback):
     level, and the pair precision / recall of the false negatives the loss will now mask (only
     when true labels are given; they are never trained on). alpha, the number of accepted
     samples and the diagnostics (fn_precision, fn_recall, purity_k<k> per level) also join the
-    epoch logs, so they show on the progress line and in diagnostics/history.json.
+    epoch logs, so they show on the progress line and in diagnostics/history.json, as does
+    clustering_seconds (the embedding pass and every k-means level; 0 in warm-up epochs).
     """
 
     def __init__(self, embedding_data: tf.data.Dataset, num_examples: int,
@@ -101,7 +104,7 @@ class PseudoLabelCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         alpha = clustering.acceptance_rate(epoch, **self.schedule)
-        self.epoch_logs, self.details = {"alpha": alpha}, {}
+        self.epoch_logs, self.details = {"alpha": alpha, "clustering_seconds": 0.0}, {}
         # Nothing accepted yet: the same keys every epoch (0 = nothing detected).
         self._log_label_diagnostics(np.full(self.model.pseudo_labels.shape, -1))
         if alpha > 0:
@@ -129,7 +132,7 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         labels, stats = clustering.hierarchical_pseudo_labels(
             embeddings, self.num_clusters, alpha, seed=self.seed + 1000 * epoch, **self.kmeans)
         self.model.pseudo_labels.assign(labels)
-        self.details["clustering_seconds"] = time.perf_counter() - start
+        self.epoch_logs["clustering_seconds"] = time.perf_counter() - start
         for level in stats:
             self.details[f"accepted_k{level.k}"] = level.accepted_fraction
             self.details[f"largest_cluster_k{level.k}"] = level.largest_cluster

@@ -274,4 +274,8 @@ def embedding_pipeline(source: Source, batch_size: int, image_size: int) -> tf.d
         ds = ds.map(lambda i: center(i, source.read(i)), num_parallel_calls=AUTOTUNE)
     else:
         ds = source.examples.map(center, num_parallel_calls=AUTOTUNE).batch(batch_size)
-    return ds.prefetch(AUTOTUNE)
+    # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (BUILD_NOTES,
+    # Benchmarks 5). Untuned, map runs one call per core and 2 batches wait ready.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(2).with_options(options)

@@ -20,7 +20,7 @@ def _digits_moco(strategy, source, levels, remember_keys=False):
 
 def test_embedder_places_every_example_by_index(one_replica, two_replicas):
     source = data.load_source("digits", "test")  # 360 examples: last batch is partial
-    pipeline = data.embedding_pipeline(source, 64, 16)
+    pipeline = data.embedding_pipeline(source, 61, 16)  # odd batches: uneven replica shares
     with two_replicas.scope():
         encoder = model.build_encoder("small", 16, 0.25, embedding_dim=16)
     images = np.concatenate([x.numpy() for _, x in pipeline])
@@ -43,6 +43,8 @@ def test_callback_fills_label_table_during_a_real_fit(one_replica):
 
     table = moco.pseudo_labels.numpy()
     assert history.history["alpha"] == pytest.approx([0.0, 0.5])
+    warmup_seconds, ifnd_seconds = history.history["clustering_seconds"]
+    assert warmup_seconds == 0.0 and ifnd_seconds > 0.0  # the pass ran in epoch 2 only
     assert table.shape == (2, source.num_examples)
     for level, k in zip(table, (10, 20)):
         assert abs(np.mean(level >= 0) - 0.5) < 0.02  # top half of each cluster accepted
