@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import config, train
+from ifnd_tf import callbacks, config, train
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 NUM_EXAMPLES = 50_000  # size of the index space of synthetic batches (CIFAR-size)
@@ -34,7 +34,7 @@ def parse_train_flags(**values) -> None:
 
 def model_flags(backbone: str, image_size: int, batch_size: int, width: float = 1.0,
                 key_bn_splits: int = 4, mixed_precision: str = "off",
-                cluster_features: str = "center_view") -> dict:
+                cluster_features: str = callbacks.CENTER_VIEW) -> dict:
     """The run-defining flags of a benchmarked model (demo / CIFAR values otherwise)."""
     return {"backbone": backbone, "image_size": image_size, "batch_size": batch_size,
             "width_multiplier": width, "key_bn_splits": key_bn_splits, "queue_size": 4096,

@@ -13,6 +13,7 @@ import statistics
 import tensorflow as tf
 
 from bench import common
+from ifnd_tf import callbacks
 
 # backbone -> (image size, width multiplier, batch): demo small net; CIFAR ResNet-18.
 SETUPS = {"small": (28, 0.5, 256), "resnet18_cifar": (32, 1.0, 64)}
@@ -31,7 +32,7 @@ def _variant_models(kind: str, backbone: str, batch: int, strategy) -> dict:
     if kind == "train_keys":
         return {name: common.build_moco({**flags, "cluster_features": name}, False, strategy,
                                          common.NUM_EXAMPLES)
-                for name in ("center_view", "train_keys")}
+                for name in callbacks.CLUSTER_FEATURES}
     bf16 = {**flags, "mixed_precision": "bfloat16"}
     return {"float32": common.build_moco(flags, False, strategy, common.NUM_EXAMPLES),
             "mixed bfloat16": common.build_moco(bf16, False, strategy, common.NUM_EXAMPLES)}
