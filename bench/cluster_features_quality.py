@@ -9,6 +9,11 @@ From each metrics.csv: the last epoch's FN precision / recall and kNN top-1, the
 time and the median clustering time of the IFND epochs. Quality numbers are deterministic for a
 seed; the seconds are only comparable within one run of this script.
 """
+if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
+    from ifnd_tf import runtime
+
+    runtime.prepare()
+
 import argparse
 import os
 import statistics

@@ -10,6 +10,11 @@ model of each setting (train_keys also writes the table every step), measured in
     python -m bench.clustering_share                             # Fashion-MNIST, demo model
     python -m bench.clustering_share --dataset=synthetic_cifar    # 50,000 random 32x32x3 images
 """
+if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
+    from ifnd_tf import runtime
+
+    runtime.prepare()
+
 import argparse
 import statistics
 import time

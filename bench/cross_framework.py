@@ -5,6 +5,11 @@ round. Ours runs with a full IFND mask (the reference has none), so the ratio is
 
     pip install -r bench/requirements.txt && python -m bench.cross_framework
 """
+if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
+    from ifnd_tf import runtime
+
+    runtime.prepare()
+
 import argparse
 import statistics
 

@@ -6,6 +6,11 @@ consumes per batch element), on both sides of the ratio.
 
     python -m bench.input_pipeline                  # Fashion-MNIST + synthetic CIFAR-size set
 """
+if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
+    from ifnd_tf import runtime
+
+    runtime.prepare()
+
 import argparse
 import statistics
 

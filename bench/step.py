@@ -7,6 +7,11 @@ on/off, bfloat16 mixed precision on/off, and writing each key into the train_key
     python -m bench.step                       # small net + ResNet-18 CIFAR, IFND on/off
     python -m bench.step --variants=ifnd,jit,mixed_precision,train_keys --backbones=small
 """
+if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
+    from ifnd_tf import runtime
+
+    runtime.prepare()
+
 import argparse
 import statistics
 

@@ -20,6 +20,3 @@ Evaluation (never changes training):
   finetune    python -m ifnd_tf.finetune: fine-tuning on 1 % / 10 % of the labels
   compare     python -m ifnd_tf.compare: MoCo v2 against IFND, one table
 """
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: hide C++ info logs

@@ -12,6 +12,11 @@ Prints the table and writes it to <model_dir>/compare.md and compare.json:
   FN precision / recall   of the detected false negatives at the last epoch (IFND only)
   train time    sum of the epochs' wall time (clustering included, kNN monitor and export not)
 """
+if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
+    from ifnd_tf import runtime
+
+    runtime.prepare()
+
 import json
 import os
 import subprocess

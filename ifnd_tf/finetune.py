@@ -10,6 +10,11 @@ features; random resized crop + flip, SGD with momentum and no weight decay (Sim
 fine-tuning recipe); top-1 / top-5 on the whole test split. Writes result.json to
 --eval_dir, default <run>/finetune beside the export folder.
 """
+if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
+    from ifnd_tf import runtime
+
+    runtime.prepare()
+
 import keras
 import tensorflow as tf
 from absl import app

@@ -12,6 +12,11 @@ train-set statistics (BatchNorm without affine, as MAE's probe does; still a lin
 map of the features), then SGD trains a Dense layer. Writes result.json (top-1 / top-5 on the
 test split) to --eval_dir, default <run>/linear_eval beside the export folder.
 """
+if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
+    from ifnd_tf import runtime
+
+    runtime.prepare()
+
 import keras
 import numpy as np
 import tensorflow as tf

@@ -4,6 +4,11 @@
 
 Re-running the same command resumes from the last completed epoch in --model_dir.
 """
+if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
+    from ifnd_tf import runtime
+
+    runtime.prepare()
+
 import json
 import os
 import sys

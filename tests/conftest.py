@@ -1,11 +1,15 @@
-"""Test set-up: two logical CPU devices so MirroredStrategy really has two replicas."""
+"""Test set-up: tcmalloc as in the entry points; two logical CPU devices so MirroredStrategy
+really has two replicas."""
 import os
 import sys
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ifnd_tf import runtime
+
+runtime.prepare()  # the suite runs on the allocator the entry points use (re-executes pytest once)
 
 import tensorflow as tf
 
