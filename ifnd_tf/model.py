@@ -16,79 +16,136 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _batch_norm(sync_bn: bool, name: str) -> keras.layers.Layer:
-    # synchronized=True keeps moving statistics identical across replicas (plain BN drifts).
-    return keras.layers.BatchNormalization(synchronized=sync_bn, momentum=0.9, epsilon=1e-5,
-                                           name=name)
+@keras.saving.register_keras_serializable(package="ifnd_tf")
+class GroupedBatchNormalization(keras.layers.BatchNormalization):
+    """BatchNorm that in training normalises each of `groups` equal slices of the local batch
+    with that slice's own statistics: shuffle-BN's "normalise the keys in groups" in ONE forward
+    pass (split forwards of batch/groups images each were the ResNet-18 step's largest avoidable
+    cost on CPU, docs/design.md "Shuffle-BN in one pass"). Normalisation is local: each replica
+    normalises its own groups (as MoCo's shuffle-BN); the moving statistics take the mean of
+    the group statistics over groups and replicas. Inference, and groups=1, are plain
+    BatchNormalization.
+    """
+
+    def __init__(self, groups: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = groups
+
+    def call(self, inputs, training=None, mask=None):
+        if self.groups == 1 or not (training and self.trainable) or mask is not None:
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)  # as Keras' BN: statistics in float32
+        grouped = tf.reshape(x, tf.concat([[self.groups, -1], tf.shape(x)[1:]], 0))
+        axes = list(range(1, len(x.shape)))  # all but the group and channel axes
+        mean, variance = tf.nn.moments(grouped, axes, keepdims=True)
+        self._update_moving_statistics(tf.reshape(tf.reduce_mean(mean, 0), [-1]),
+                                       tf.reshape(tf.reduce_mean(variance, 0), [-1]))
+        scale = tf.math.rsqrt(variance + self.epsilon)
+        if self.scale:
+            scale *= tf.cast(self.gamma, tf.float32)
+        shift = -mean * scale
+        if self.center:
+            shift += tf.cast(self.beta, tf.float32)
+        out = tf.reshape(grouped * scale + shift, tf.shape(x))
+        return tf.cast(out, self.compute_dtype)
+
+    def _update_moving_statistics(self, mean: tf.Tensor, variance: tf.Tensor) -> None:
+        """Averaged over replicas too, so every replica keeps the same moving statistics (the
+        clustering pass runs the key encoder in inference mode on all of them)."""
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            mean, variance = replica.all_reduce(tf.distribute.ReduceOp.MEAN, [mean, variance])
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+        self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups}
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, sync_bn: bool, name: str, relu=True):
+def batch_norm_factory(sync_bn: bool = True, groups: int = 1) -> Callable[[str], keras.layers.Layer]:
+    """The BatchNorm every conv of an encoder gets: synchronised across replicas (plain BN's
+    moving statistics drift apart), or grouped and local (the key encoder's shuffle-BN)."""
+    def make(name: str) -> keras.layers.Layer:
+        if groups > 1:
+            return GroupedBatchNormalization(groups, momentum=0.9, epsilon=1e-5, name=name)
+        return keras.layers.BatchNormalization(synchronized=sync_bn, momentum=0.9, epsilon=1e-5,
+                                               name=name)
+    return make
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, norm, name: str, relu=True):
     x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False,
                             kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = _batch_norm(sync_bn, f"{name}_bn")(x)
+    x = norm(f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def _basic_block(x, filters: int, stride: int, sync_bn: bool, name: str):
+def _basic_block(x, filters: int, stride: int, norm, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, stride, sync_bn, f"{name}_proj", relu=False)
-    x = _conv_bn(x, filters, 3, stride, sync_bn, f"{name}_a")
-    x = _conv_bn(x, filters, 3, 1, sync_bn, f"{name}_b", relu=False)
+        shortcut = _conv_bn(x, filters, 1, stride, norm, f"{name}_proj", relu=False)
+    x = _conv_bn(x, filters, 3, stride, norm, f"{name}_a")
+    x = _conv_bn(x, filters, 3, 1, norm, f"{name}_b", relu=False)
     return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
 
 
-def _bottleneck_block(x, filters: int, stride: int, sync_bn: bool, name: str):
+def _bottleneck_block(x, filters: int, stride: int, norm, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != 4 * filters:
-        shortcut = _conv_bn(x, 4 * filters, 1, stride, sync_bn, f"{name}_proj", relu=False)
-    x = _conv_bn(x, filters, 1, 1, sync_bn, f"{name}_a")
-    x = _conv_bn(x, filters, 3, stride, sync_bn, f"{name}_b")
-    x = _conv_bn(x, 4 * filters, 1, 1, sync_bn, f"{name}_c", relu=False)
+        shortcut = _conv_bn(x, 4 * filters, 1, stride, norm, f"{name}_proj", relu=False)
+    x = _conv_bn(x, filters, 1, 1, norm, f"{name}_a")
+    x = _conv_bn(x, filters, 3, stride, norm, f"{name}_b")
+    x = _conv_bn(x, 4 * filters, 1, 1, norm, f"{name}_c", relu=False)
     return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
 
 
-def _resnet(x, block: Callable, blocks_per_stage: tuple, width: float, sync_bn: bool):
+def _resnet(x, block: Callable, blocks_per_stage: tuple, width: float, norm):
     for stage, num_blocks in enumerate(blocks_per_stage):
         filters = max(int(64 * width * 2**stage), 8)
         for b in range(num_blocks):
             stride = 2 if (stage > 0 and b == 0) else 1
-            x = block(x, filters, stride, sync_bn, f"stage{stage + 1}_block{b + 1}")
+            x = block(x, filters, stride, norm, f"stage{stage + 1}_block{b + 1}")
     return x
 
 
-def small_convnet(x, width: float, sync_bn: bool):
+def small_convnet(x, width: float, norm):
     """Four conv-BN-ReLU layers: the fast backbone for CPU demos and tests."""
     for i, filters in enumerate((32, 64, 128, 256)):
-        x = _conv_bn(x, max(int(filters * width), 8), 3, 1 if i == 0 else 2, sync_bn, f"conv{i + 1}")
+        x = _conv_bn(x, max(int(filters * width), 8), 3, 1 if i == 0 else 2, norm, f"conv{i + 1}")
     return x
 
 
-def resnet18_cifar(x, width: float, sync_bn: bool):
+def resnet18_cifar(x, width: float, norm):
     """ResNet-18 with a 3x3 stride-1 stem and no max-pool (small images: CIFAR, STL)."""
-    x = _conv_bn(x, max(int(64 * width), 8), 3, 1, sync_bn, "stem")
-    return _resnet(x, _basic_block, (2, 2, 2, 2), width, sync_bn)
+    x = _conv_bn(x, max(int(64 * width), 8), 3, 1, norm, "stem")
+    return _resnet(x, _basic_block, (2, 2, 2, 2), width, norm)
 
 
-def resnet50(x, width: float, sync_bn: bool):
+def resnet50(x, width: float, norm):
     """ResNet-50 with the ImageNet 7x7 stride-2 stem and max-pool."""
-    x = _conv_bn(x, max(int(64 * width), 8), 7, 2, sync_bn, "stem")
+    x = _conv_bn(x, max(int(64 * width), 8), 7, 2, norm, "stem")
     x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
-    return _resnet(x, _bottleneck_block, (3, 4, 6, 3), width, sync_bn)
+    return _resnet(x, _bottleneck_block, (3, 4, 6, 3), width, norm)
 
 
 BACKBONES = {"small": small_convnet, "resnet18_cifar": resnet18_cifar, "resnet50": resnet50}
 
 
 def build_encoder(backbone: str, image_size: int, width_multiplier: float = 1.0,
-                  embedding_dim: int = 128, sync_bn: bool = True) -> keras.Model:
-    """Backbone + MoCo v2 head (Linear-ReLU-Linear), outputs {"features", "embedding"}."""
+                  embedding_dim: int = 128, sync_bn: bool = True,
+                  bn_groups: int = 1) -> keras.Model:
+    """Backbone + MoCo v2 head (Linear-ReLU-Linear), outputs {"features", "embedding"}.
+
+    bn_groups > 1 builds a key encoder: its BatchNorm normalises that many slices of the
+    (shuffled) batch separately in training (GroupedBatchNormalization).
+    """
     if backbone not in BACKBONES:
         raise ValueError(f"--backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
     images = keras.Input((image_size, image_size, 3), name="images")
     x = keras.layers.Normalization(mean=IMAGENET_MEAN, variance=[s**2 for s in IMAGENET_STD],
                                    name="normalize")(images)
-    x = BACKBONES[backbone](x, width_multiplier, sync_bn)
+    x = BACKBONES[backbone](x, width_multiplier, batch_norm_factory(sync_bn, bn_groups))
     features = keras.layers.GlobalAveragePooling2D(name="features")(x)
     hidden = keras.layers.Dense(features.shape[-1], activation="relu", name="head_hidden")(features)
     projected = keras.layers.Dense(embedding_dim, name="head_out")(hidden)
@@ -120,6 +177,11 @@ class MomentumContrast(keras.Model):
         self.momentum = momentum
         self.fn_strategy = fn_strategy
         self.key_bn_splits = key_bn_splits
+        groups = {layer.groups for layer in key_encoder.layers
+                  if isinstance(layer, GroupedBatchNormalization)}
+        assert groups <= {key_bn_splits} and (key_bn_splits == 1 or groups), (
+            f"key_bn_splits={key_bn_splits} needs a key encoder built with "
+            f"bn_groups={key_bn_splits}, got BatchNorm groups {sorted(groups) or [1]}")
         self.weight_decay = weight_decay
         self.seed = seed
         dim = encoder.output["embedding"].shape[-1]
@@ -173,17 +235,17 @@ class MomentumContrast(keras.Model):
     def momentum_keys(self, images: tf.Tensor, step: tf.Tensor | int = 0) -> tf.Tensor:
         """Key embeddings with BN in training mode and no gradient.
 
-        With key_bn_splits > 1 the batch is shuffled and normalised in groups (shuffle-BN on one
-        replica), so a query and its key never share BN statistics: no BN shortcut. The shuffle
-        is a stateless function of (seed, step): a resumed run shuffles as an uninterrupted one.
+        With key_bn_splits > 1 the batch is shuffled and the key encoder's grouped BatchNorm
+        normalises it in that many groups (shuffle-BN on one replica), so a query and its key
+        never share BN statistics: no BN shortcut. The shuffle is a stateless function of
+        (seed, step): a resumed run shuffles as an uninterrupted one.
         """
         if self.key_bn_splits == 1:
             keys = self.key_encoder(images, training=True)["embedding"]
         else:
             seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
             order = tf.argsort(tf.random.stateless_uniform([tf.shape(images)[0]], seed))
-            groups = tf.split(tf.gather(images, order), self.key_bn_splits)
-            shuffled = tf.concat([self.key_encoder(g, training=True)["embedding"] for g in groups], 0)
+            shuffled = self.key_encoder(tf.gather(images, order), training=True)["embedding"]
             keys = tf.gather(shuffled, tf.math.invert_permutation(order))
         return tf.stop_gradient(tf.cast(keys, tf.float32))
 

@@ -7,7 +7,9 @@ from ifnd_tf import callbacks, data, model
 
 
 def _moco(num_examples=64, queue_size=8, levels=1, momentum=0.9, **kwargs):
-    encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4) for _ in range(2)]
+    groups = kwargs.get("key_bn_splits", 1)
+    encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4, bn_groups=g)
+                for g in (1, groups)]
     moco = model.MomentumContrast(encoders[0], encoders[1], num_examples, queue_size=queue_size,
                                   num_levels=levels, momentum=momentum, **kwargs)
     moco.copy_query_to_key_encoder()
@@ -175,3 +177,29 @@ def test_two_replicas_stay_identical(two_replicas):
     # Both replicas' halves of the last two batches are in the table, at their indices.
     table, ids = moco.train_keys.numpy(), moco.queue_ids.numpy()
     np.testing.assert_array_equal(table[ids], moco.queue_keys.numpy())
+
+
+def test_grouped_batch_norm_equals_separate_forwards_per_group():
+    """One forward with grouped BN = the split forwards it replaces: per-group statistics,
+    moving statistics updated by the mean of the groups' statistics."""
+    images = tf.random.uniform([8, 16, 16, 3], seed=3)
+    grouped = model.build_encoder("small", 16, 0.25, embedding_dim=4, bn_groups=4)
+    split = model.build_encoder("small", 16, 0.25, embedding_dim=4)
+    split.set_weights(grouped.get_weights())
+    out = grouped(images, training=True)["embedding"].numpy()
+    parts = [split(g, training=True)["embedding"].numpy() for g in tf.split(images, 4)]
+    np.testing.assert_allclose(out, np.concatenate(parts), atol=2e-5)
+    # Moving statistics: one update with the groups' mean statistics (momentum 0.9).
+    layer = grouped.get_layer("conv1_bn")
+    first = split.get_layer("conv1_conv")(split.get_layer("normalize")(images)).numpy()
+    mean = first.reshape(4, 2, 16, 16, -1).mean(axis=(1, 2, 3)).mean(0)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, atol=1e-5)
+    # Inference ignores the groups.
+    np.testing.assert_allclose(grouped(images[:3])["embedding"].numpy(),
+                               grouped(images)["embedding"].numpy()[:3], atol=1e-5)
+
+
+def test_momentum_contrast_refuses_a_key_encoder_without_matching_groups():
+    encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4) for _ in range(2)]
+    with pytest.raises(AssertionError, match="bn_groups=2"):
+        model.MomentumContrast(encoders[0], encoders[1], 64, queue_size=8, key_bn_splits=2)
