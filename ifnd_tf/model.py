@@ -279,11 +279,10 @@ class MomentumContrast(keras.Model):
             query = tf.cast(self.encoder(view_q, training=True)["embedding"], tf.float32)
             logits = losses.contrastive_logits(query, keys, self.queue_keys, self.temperature)
             loss = tf.reduce_mean(losses.ifnd_loss(logits, fn_mask, self.fn_strategy))
+            total = loss + losses.weight_decay_loss(variables, self.weight_decay)
             # Gradients are summed over replicas: scale so the step matches one big batch.
-            scaled = self.optimizer.scale_loss(loss / replica.num_replicas_in_sync)
+            scaled = self.optimizer.scale_loss(total / replica.num_replicas_in_sync)
         grads = tape.gradient(scaled, variables)
-        decay = self.weight_decay / replica.num_replicas_in_sync
-        grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
         # int32: an int64 all_gather fails under MultiWorkerMirroredStrategy.
         ids = replica.all_gather(tf.cast(index, tf.int32), axis=0)

@@ -203,3 +203,26 @@ def test_momentum_contrast_refuses_a_key_encoder_without_matching_groups():
     encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4) for _ in range(2)]
     with pytest.raises(AssertionError, match="bn_groups=2"):
         model.MomentumContrast(encoders[0], encoders[1], 64, queue_size=8, key_bn_splits=2)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_decay_only_step_is_the_same_under_float16_loss_scaling(policy, monkeypatch):
+    """With the contrastive gradient zeroed, one SGD step is w <- w (1 - lr wd) in float32 and
+    under float16 loss scaling alike (decay added after the scaled gradient was 2^15 x weaker)."""
+    monkeypatch.setattr(model.losses, "ifnd_loss",
+                        lambda logits, mask, strategy: 0.0 * tf.reduce_sum(logits, axis=1))
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        moco = _moco(weight_decay=0.01)
+        optimizer = keras.optimizers.SGD(0.1)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        moco.compile(optimizer=optimizer)
+        optimizer.build(moco.encoder.trainable_variables)
+        before = [v.numpy() for v in moco.encoder.trainable_variables]
+        moco.fit(_one_step_data(), epochs=1, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for b, v in zip(before, moco.encoder.trainable_variables):
+        np.testing.assert_allclose(v.numpy(), b * (1 - 0.1 * 0.01), rtol=1e-5, atol=1e-7,
+                                   err_msg=v.path)
