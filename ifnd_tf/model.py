@@ -18,13 +18,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @keras.saving.register_keras_serializable(package="ifnd_tf")
 class GroupedBatchNormalization(keras.layers.BatchNormalization):
-    """BatchNorm that in training normalises each of `groups` equal slices of the local batch
-    with that slice's own statistics: shuffle-BN's "normalise the keys in groups" in ONE forward
-    pass (split forwards of batch/groups images each were the ResNet-18 step's largest avoidable
-    cost on CPU, docs/design.md "Shuffle-BN in one pass"). Normalisation is local: each replica
-    normalises its own groups (as MoCo's shuffle-BN); the moving statistics take the mean of
-    the group statistics over groups and replicas. Inference, and groups=1, are plain
-    BatchNormalization.
+    """The key encoder's BatchNorm: in training it normalises each of `groups` equal slices of
+    the replica's batch with that slice's own statistics, never synchronised across replicas:
+    shuffle-BN (each replica normalises its own slice of the shuffled keys, as MoCo's GPUs do)
+    in ONE forward pass (one forward per group was the ResNet-18 step's largest avoidable cost on
+    CPU, docs/design.md "Shuffle-BN"). The moving statistics take the mean of the group
+    statistics over groups and replicas, so replicas stay identical. Inference is plain BN.
     """
 
     def __init__(self, groups: int = 1, **kwargs):
@@ -32,7 +31,7 @@ class GroupedBatchNormalization(keras.layers.BatchNormalization):
         self.groups = groups
 
     def call(self, inputs, training=None, mask=None):
-        if self.groups == 1 or not (training and self.trainable) or mask is not None:
+        if not (training and self.trainable) or mask is not None:
             return super().call(inputs, training=training, mask=mask)
         x = tf.cast(inputs, tf.float32)  # as Keras' BN: statistics in float32
         grouped = tf.reshape(x, tf.concat([[self.groups, -1], tf.shape(x)[1:]], 0))
@@ -63,11 +62,12 @@ class GroupedBatchNormalization(keras.layers.BatchNormalization):
         return {**super().get_config(), "groups": self.groups}
 
 
-def batch_norm_factory(sync_bn: bool = True, groups: int = 1) -> Callable[[str], keras.layers.Layer]:
+def batch_norm_factory(sync_bn: bool = True,
+                       groups: int | None = None) -> Callable[[str], keras.layers.Layer]:
     """The BatchNorm every conv of an encoder gets: synchronised across replicas (plain BN's
-    moving statistics drift apart), or grouped and local (the key encoder's shuffle-BN)."""
+    moving statistics drift apart), or, given groups, grouped and local (key shuffle-BN)."""
     def make(name: str) -> keras.layers.Layer:
-        if groups > 1:
+        if groups is not None:
             return GroupedBatchNormalization(groups, momentum=0.9, epsilon=1e-5, name=name)
         return keras.layers.BatchNormalization(synchronized=sync_bn, momentum=0.9, epsilon=1e-5,
                                                name=name)
@@ -129,16 +129,29 @@ def resnet50(x, width: float, norm):
     return _resnet(x, _bottleneck_block, (3, 4, 6, 3), width, norm)
 
 
+MIN_KEY_BN_GROUP = 8  # images per shuffle-BN group: fewer make BN statistics mostly noise
+
+
+def key_bn_groups(key_bn_splits: int, num_replicas: int) -> int | None:
+    """BatchNorm groups per replica of the key encoder: the global key batch is normalised in
+    key_bn_splits groups, key_bn_splits / num_replicas on each replica (None: no shuffle-BN)."""
+    if key_bn_splits == 1:
+        return None
+    assert key_bn_splits % num_replicas == 0, (
+        f"key_bn_splits={key_bn_splits} must be a multiple of the {num_replicas} replicas")
+    return key_bn_splits // num_replicas
+
+
 BACKBONES = {"small": small_convnet, "resnet18_cifar": resnet18_cifar, "resnet50": resnet50}
 
 
 def build_encoder(backbone: str, image_size: int, width_multiplier: float = 1.0,
                   embedding_dim: int = 128, sync_bn: bool = True,
-                  bn_groups: int = 1) -> keras.Model:
+                  bn_groups: int | None = None) -> keras.Model:
     """Backbone + MoCo v2 head (Linear-ReLU-Linear), outputs {"features", "embedding"}.
 
-    bn_groups > 1 builds a key encoder: its BatchNorm normalises that many slices of the
-    (shuffled) batch separately in training (GroupedBatchNormalization).
+    bn_groups builds a key encoder for shuffle-BN: its BatchNorm normalises that many slices of
+    each replica's (shuffled) batch separately in training (`key_bn_groups`).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"--backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
@@ -179,9 +192,10 @@ class MomentumContrast(keras.Model):
         self.key_bn_splits = key_bn_splits
         groups = {layer.groups for layer in key_encoder.layers
                   if isinstance(layer, GroupedBatchNormalization)}
-        assert groups <= {key_bn_splits} and (key_bn_splits == 1 or groups), (
-            f"key_bn_splits={key_bn_splits} needs a key encoder built with "
-            f"bn_groups={key_bn_splits}, got BatchNorm groups {sorted(groups) or [1]}")
+        expected = key_bn_groups(key_bn_splits, tf.distribute.get_strategy().num_replicas_in_sync)
+        assert groups == ({expected} if expected else set()), (
+            f"key_bn_splits={key_bn_splits} needs a key encoder built with bn_groups={expected}, "
+            f"got BatchNorm groups {sorted(groups) or None}")
         self.weight_decay = weight_decay
         self.seed = seed
         dim = encoder.output["embedding"].shape[-1]
@@ -233,21 +247,32 @@ class MomentumContrast(keras.Model):
             key_var.assign(m * key_var + (1.0 - m) * tf.cast(query_var, key_var.dtype))
 
     def momentum_keys(self, images: tf.Tensor, step: tf.Tensor | int = 0) -> tf.Tensor:
-        """Key embeddings with BN in training mode and no gradient.
+        """Key embeddings of this replica's images, BN in training mode, no gradient.
 
-        With key_bn_splits > 1 the batch is shuffled and the key encoder's grouped BatchNorm
-        normalises it in that many groups (shuffle-BN on one replica), so a query and its key
-        never share BN statistics: no BN shortcut. The shuffle is a stateless function of
-        (seed, step): a resumed run shuffles as an uninterrupted one.
+        With key_bn_splits > 1 (shuffle-BN, as MoCo's batch_shuffle_ddp): the global key batch
+        is gathered and permuted, each replica embeds its slice of the permutation with local
+        BN in key_bn_splits / replicas groups, and the keys are gathered and un-permuted. A
+        query and its key thus never share BN statistics: no BN shortcut. The permutation is a
+        stateless function of (seed, step), the same on every replica, so a resumed run
+        shuffles as an uninterrupted one.
         """
         if self.key_bn_splits == 1:
             keys = self.key_encoder(images, training=True)["embedding"]
-        else:
-            seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
-            order = tf.argsort(tf.random.stateless_uniform([tf.shape(images)[0]], seed))
-            shuffled = self.key_encoder(tf.gather(images, order), training=True)["embedding"]
-            keys = tf.gather(shuffled, tf.math.invert_permutation(order))
-        return tf.stop_gradient(tf.cast(keys, tf.float32))
+            return tf.stop_gradient(tf.cast(keys, tf.float32))
+        replica = tf.distribute.get_replica_context()
+        several = replica.num_replicas_in_sync > 1
+        everything = replica.all_gather(images, axis=0) if several else images
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        order = tf.argsort(tf.random.stateless_uniform([tf.shape(everything)[0]], seed))
+        local = tf.shape(images)[0]
+        first = tf.cast(replica.replica_id_in_sync_group, tf.int32) * local
+        shuffled = self.key_encoder(tf.gather(everything, order[first:first + local]),
+                                    training=True)["embedding"]
+        shuffled = tf.cast(shuffled, tf.float32)
+        if several:
+            shuffled = replica.all_gather(shuffled, axis=0)
+        keys = tf.gather(shuffled, tf.math.invert_permutation(order))[first:first + local]
+        return tf.stop_gradient(keys)
 
     def queue_labels(self) -> tf.Tensor:
         """Current pseudo-labels [levels, queue] of the queue entries (-1 for empty slots)."""

@@ -7,9 +7,10 @@ from ifnd_tf import callbacks, data, model
 
 
 def _moco(num_examples=64, queue_size=8, levels=1, momentum=0.9, **kwargs):
-    groups = kwargs.get("key_bn_splits", 1)
+    groups = model.key_bn_groups(kwargs.get("key_bn_splits", 1),
+                                 tf.distribute.get_strategy().num_replicas_in_sync)
     encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4, bn_groups=g)
-                for g in (1, groups)]
+                for g in (None, groups)]
     moco = model.MomentumContrast(encoders[0], encoders[1], num_examples, queue_size=queue_size,
                                   num_levels=levels, momentum=momentum, **kwargs)
     moco.copy_query_to_key_encoder()
@@ -201,7 +202,7 @@ def test_grouped_batch_norm_equals_separate_forwards_per_group():
 
 def test_momentum_contrast_refuses_a_key_encoder_without_matching_groups():
     encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4) for _ in range(2)]
-    with pytest.raises(AssertionError, match="bn_groups=2"):
+    with pytest.raises(AssertionError, match="built with bn_groups=2"):
         model.MomentumContrast(encoders[0], encoders[1], 64, queue_size=8, key_bn_splits=2)
 
 
@@ -226,3 +227,29 @@ def test_decay_only_step_is_the_same_under_float16_loss_scaling(policy, monkeypa
     for b, v in zip(before, moco.encoder.trainable_variables):
         np.testing.assert_allclose(v.numpy(), b * (1 - 0.1 * 0.01), rtol=1e-5, atol=1e-7,
                                    err_msg=v.path)
+
+
+def test_shuffle_bn_across_two_replicas_normalises_the_permuted_global_batch(two_replicas):
+    """Each replica normalises its slice of the (seed, step) permutation of the global key batch
+    in key_bn_splits / replicas local groups; keys come back in their images' order."""
+    batch, splits, step = 16, 4, 3
+    with two_replicas.scope():
+        images = keras.Input((4, 4, 1))
+        normalised = model.GroupedBatchNormalization(
+            model.key_bn_groups(splits, 2), center=False, scale=False, epsilon=0.0)(images)
+        probe = keras.Model(images, {"embedding": keras.layers.GlobalAveragePooling2D()(normalised)})
+        encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4) for _ in range(2)]
+        moco = model.MomentumContrast(encoders[0], probe, 64, queue_size=16, key_bn_splits=splits)
+    values = np.random.default_rng(0).permutation(batch).astype(np.float32)  # image i is constant
+    pixels = tf.constant(np.broadcast_to(values[:, None, None, None], (batch, 4, 4, 1)).copy())
+    shares = two_replicas.experimental_distribute_values_from_function(
+        lambda ctx: pixels[ctx.replica_id_in_sync_group * 8:][:8])
+    keys = two_replicas.gather(two_replicas.run(moco.momentum_keys, args=(shares, step)), 0)
+    order = tf.argsort(tf.random.stateless_uniform([batch], tf.constant([0, step], tf.int64)))
+    groups = np.split(order.numpy(), splits)
+    expected = np.zeros(batch, np.float32)
+    for group in groups:
+        expected[group] = (values[group] - values[group].mean()) / values[group].std()
+    np.testing.assert_allclose(keys.numpy()[:, 0], expected, rtol=1e-4, atol=1e-4)
+    # The permutation mixes replicas: some group holds keys of both replicas' query slices.
+    assert any(len({int(i) // 8 for i in group}) == 2 for group in groups)
