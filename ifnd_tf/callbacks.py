@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import clustering, diagnostics
+from ifnd_tf import clustering, confidence, diagnostics, oracle
 
 # What the pseudo-label pass clusters (--cluster_features).
 CENTER_VIEW = "center_view"  # the key encoder over every un-augmented image (paper, DESIGN.md)
@@ -77,6 +77,11 @@ class PseudoLabelCallback(keras.callbacks.Callback):
     samples and the diagnostics (fn_precision, fn_recall, purity_k<k> per level) also join the
     epoch logs, so they show on the progress line and in diagnostics/history.json, as does
     clustering_seconds (the embedding pass and every k-means level; 0 in warm-up epochs).
+
+    `confidence_rule` ranks samples within a cluster (confidence.RULES). With `oracle_fraction`
+    set (ablation, --fn_oracle) no clustering runs: the accepted labels are the true classes of
+    a seeded class-balanced alpha * oracle_fraction of each class (ifnd_tf/oracle.py), and the
+    logs carry oracle = 1.
     """
 
     def __init__(self, embedding_data: tf.data.Dataset, num_examples: int,
@@ -85,8 +90,18 @@ class PseudoLabelCallback(keras.callbacks.Callback):
                  seed: int, strategy: tf.distribute.Strategy, kmeans_iterations: int = 20,
                  max_points_per_centroid: int = 256, true_labels: np.ndarray | None = None,
                  log_dir: str | None = None, verbose: bool = True,
-                 kmeans_threads: int | None = None, cluster_features: str = CENTER_VIEW):
+                 kmeans_threads: int | None = None, cluster_features: str = CENTER_VIEW,
+                 confidence_rule: str = "margin", neighbours_k: int = 10,
+                 oracle_fraction: float | None = None):
         super().__init__()
+        if confidence_rule not in confidence.RULES:
+            raise ValueError(f"confidence_rule must be one of {confidence.RULES}, "
+                             f"got {confidence_rule!r}")
+        if oracle_fraction is not None and true_labels is None:
+            raise ValueError("the oracle needs true labels")
+        self.confidence = {"rule": confidence_rule, "neighbours_k": neighbours_k}
+        self.oracle_fraction = oracle_fraction
+        self.previous_assignment: np.ndarray | None = None  # for the stability rule
         if cluster_features not in CLUSTER_FEATURES:
             raise ValueError(f"cluster_features must be one of {CLUSTER_FEATURES}, "
                              f"got {cluster_features!r}")
@@ -111,6 +126,8 @@ class PseudoLabelCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         alpha = clustering.acceptance_rate(epoch, **self.schedule)
         self.epoch_logs, self.details = {"alpha": alpha, "clustering_seconds": 0.0}, {}
+        if self.oracle_fraction is not None:
+            self.epoch_logs["oracle"] = 1.0
         # Nothing accepted yet: the same keys every epoch (0 = nothing detected).
         self._log_label_diagnostics(np.full(self.model.pseudo_labels.shape, -1))
         if alpha > 0:
@@ -134,9 +151,18 @@ class PseudoLabelCallback(keras.callbacks.Callback):
 
     def _update_pseudo_labels(self, epoch: int, alpha: float) -> None:
         start = time.perf_counter()
+        if self.oracle_fraction is not None:
+            labels = oracle.oracle_pseudo_labels(self.true_labels, len(self.num_clusters),
+                                                 alpha * self.oracle_fraction, self.seed)
+            self.model.pseudo_labels.assign(labels)
+            self.epoch_logs["clustering_seconds"] = time.perf_counter() - start
+            self._log_label_diagnostics(labels)
+            return
         embeddings = self._embeddings()
         labels, stats = clustering.hierarchical_pseudo_labels(
-            embeddings, self.num_clusters, alpha, seed=self.seed + 1000 * epoch, **self.kmeans)
+            embeddings, self.num_clusters, alpha, seed=self.seed + 1000 * epoch, **self.kmeans,
+            previous=self.previous_assignment, **self.confidence)
+        self.previous_assignment = np.stack([level.assignment for level in stats])
         self.model.pseudo_labels.assign(labels)
         self.epoch_logs["clustering_seconds"] = time.perf_counter() - start
         for level in stats:

@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 import threadpoolctl
 
+from ifnd_tf import confidence
+
 BACKENDS = ("faiss", "sklearn", "tf")
 SCHEDULE_SHAPES = ("linear", "cosine")
 UNLABELED = -1
@@ -126,9 +128,12 @@ def assign_with_confidence(embeddings: np.ndarray,
     return assign, margin
 
 
-def accept_top_fraction(assign: np.ndarray, confidence: np.ndarray, alpha: float) -> np.ndarray:
-    """Keep the label of the round(alpha * size) most confident members of each cluster."""
-    order = np.lexsort((-confidence, assign))  # by cluster, then confidence descending
+def accept_top_fraction(assign: np.ndarray, confidence: np.ndarray, alpha: float,
+                        tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Keep the label of the round(alpha * size) most confident members of each cluster
+    (equal confidences ordered by `tiebreak`, descending, if given)."""
+    keys = (-confidence, assign) if tiebreak is None else (-tiebreak, -confidence, assign)
+    order = np.lexsort(keys)  # by cluster, then confidence descending
     sorted_clusters = assign[order]
     cluster_start = np.searchsorted(sorted_clusters, sorted_clusters, side="left")
     rank_in_cluster = np.arange(len(order)) - cluster_start
@@ -148,34 +153,47 @@ class LevelStats:
     smallest_cluster: int
     median_cluster: float
     largest_cluster: int
+    # This pass's cluster of every sample (not logged): the next pass's `stability` rule.
+    assignment: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
 
 def hierarchical_pseudo_labels(embeddings: np.ndarray, ks: Sequence[int], alpha: float,
                                backend: str, seed: int, iterations: int = 20,
-                               max_points_per_centroid: int = 256, threads: int | None = None
-                               ) -> tuple[np.ndarray, list[LevelStats]]:
+                               max_points_per_centroid: int = 256, threads: int | None = None,
+                               rule: str = "margin", previous: np.ndarray | None = None,
+                               neighbours_k: int = 10) -> tuple[np.ndarray, list[LevelStats]]:
     """Accepted pseudo-labels [levels, N] (-1 = not accepted) for each k in `ks`.
+
+    `rule` is the confidence that ranks samples within a cluster (confidence.RULES; margin =
+    the paper); `previous` [levels, N] is the last pass's assignment, for the stability rule.
 
     `threads` caps the BLAS / OpenMP threads of numpy, faiss and sklearn (None: their
     default): their threads wait on each other when the cores are busy with TF's, which
     made the default much slower on 2 busy cores (bench/clustering_share.py, BUILD_NOTES.md).
     """
     with threadpoolctl.threadpool_limits(threads):
-        return _hierarchy(_l2_normalize(np.asarray(embeddings, np.float32)), ks, alpha, backend,
-                          seed, iterations, max_points_per_centroid)
-
-
-def _hierarchy(embeddings: np.ndarray, ks: Sequence[int], alpha: float, backend: str, seed: int,
-               iterations: int, max_points_per_centroid: int
-               ) -> tuple[np.ndarray, list[LevelStats]]:
+        embeddings = _l2_normalize(np.asarray(embeddings, np.float32))
+        assigns, margins = _hierarchy(embeddings, ks, backend, seed, iterations,
+                                      max_points_per_centroid)
+        scores = confidence.scores(rule, assigns, margins, embeddings, previous, neighbours_k)
     labels, stats = [], []
-    for level, k in enumerate(ks):
-        centroids = fit_centroids(embeddings, k, backend, seed + level, iterations,
-                                  max_points_per_centroid)
-        assign, confidence = assign_with_confidence(embeddings, centroids)
-        accepted = accept_top_fraction(assign, confidence, alpha)
+    for k, assign, score, margin in zip(ks, assigns, scores, margins):
+        accepted = accept_top_fraction(assign, score, alpha, tiebreak=margin)
         sizes = np.bincount(assign, minlength=k)
         labels.append(accepted)
         stats.append(LevelStats(k, float(np.mean(accepted >= 0)), int(sizes.min()),
-                                float(np.median(sizes)), int(sizes.max())))
+                                float(np.median(sizes)), int(sizes.max()), assign))
     return np.stack(labels), stats
+
+
+def _hierarchy(embeddings: np.ndarray, ks: Sequence[int], backend: str, seed: int,
+               iterations: int, max_points_per_centroid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every level's assignment and margin, [levels, N] each."""
+    assigns, margins = [], []
+    for level, k in enumerate(ks):
+        centroids = fit_centroids(embeddings, k, backend, seed + level, iterations,
+                                  max_points_per_centroid)
+        assign, margin = assign_with_confidence(embeddings, centroids)
+        assigns.append(assign)
+        margins.append(margin)
+    return np.stack(assigns), np.stack(margins)

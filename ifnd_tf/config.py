@@ -6,7 +6,7 @@ the flag.
 """
 from absl import flags
 
-from ifnd_tf import callbacks, clustering, distribute, losses, model
+from ifnd_tf import callbacks, clustering, confidence, distribute, losses, model
 
 FLAGS = flags.FLAGS
 
@@ -63,6 +63,19 @@ flags.DEFINE_enum("cluster_features", callbacks.CENTER_VIEW, list(callbacks.CLUS
                   "What k-means clusters: center_view = the key encoder over every un-augmented "
                   "image at each epoch start (the paper); train_keys = each example's key from "
                   "its latest training step, no extra pass (BUILD_NOTES.md).")
+flags.DEFINE_enum("fn_confidence", "margin", list(confidence.RULES),
+                  "Which samples' cluster labels are accepted first within a cluster: margin = "
+                  "margin to the second centroid (the paper); agreement = cluster-mates shared "
+                  "with the other hierarchy levels; stability = cluster-mates kept since the "
+                  "previous epoch's pass; neighbours = fraction of the --fn_neighbours_k nearest "
+                  "neighbours in the own cluster (ifnd_tf/confidence.py).")
+flags.DEFINE_integer("fn_neighbours_k", 10, "k of --fn_confidence=neighbours.")
+flags.DEFINE_bool("fn_oracle", False,
+                  "Ablation only: accept the TRUE labels as pseudo-labels at every level (no "
+                  "clustering), for a seeded class-balanced alpha * --fn_oracle_fraction of each "
+                  "class: the ceiling of removing false negatives. Needs a labelled dataset.")
+flags.DEFINE_float("fn_oracle_fraction", 1.0,
+                   "--fn_oracle: fraction of each class accepted when alpha reaches 1.")
 flags.DEFINE_integer("embed_batch_size", 1024, "Batch size of the clustering embedding pass.")
 
 # Runtime
@@ -93,7 +106,7 @@ RUN_DEFINING_FLAGS = (
     "weight_decay", "temperature", "moco_momentum", "queue_size", "ifnd", "fn_strategy",
     "num_clusters", "warmup_epochs", "alpha_start", "alpha_end", "alpha_shape", "kmeans_backend",
     "kmeans_iterations", "kmeans_max_points_per_centroid", "cluster_features", "seed",
-    "mixed_precision")
+    "mixed_precision", "fn_confidence", "fn_neighbours_k", "fn_oracle", "fn_oracle_fraction")
 
 
 # Evaluation: the kNN monitor of ifnd_tf.train, ifnd_tf.linear_eval, ifnd_tf.finetune and
@@ -175,13 +188,19 @@ def validate_flags(num_replicas: int) -> None:
     _check(f.jit_compile != "on" or num_replicas == 1,
            f"--jit_compile=on needs one replica, got {num_replicas}: XLA cannot compile the "
            "MirroredStrategy step in TF 2.21 (replica variables on other devices)")
+    _check(f.fn_neighbours_k >= 1, f"--fn_neighbours_k must be >= 1, got {f.fn_neighbours_k}")
+    _check(0.0 <= f.fn_oracle_fraction <= 1.0,
+           f"--fn_oracle_fraction must be in [0, 1], got {f.fn_oracle_fraction}")
+    _check(not f.fn_oracle or f.ifnd, "--fn_oracle needs --ifnd=true (it replaces the detector)")
     if f.ifnd:
         cluster_counts()
 
 
-def validate_against_data(num_examples: int) -> None:
-    """Checks that need the dataset size."""
+def validate_against_data(num_examples: int, has_labels: bool = True) -> None:
+    """Checks that need the dataset size (and whether it has labels)."""
     f = FLAGS
+    _check(has_labels or not f.fn_oracle,
+           f"--fn_oracle needs true labels and --dataset={f.dataset} has none")
     _check(num_examples >= f.batch_size,
            f"--batch_size={f.batch_size} is larger than the dataset ({num_examples} examples)")
     if f.ifnd:

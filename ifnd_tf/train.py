@@ -107,7 +107,9 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
             f.alpha_start, f.alpha_end, f.alpha_shape, f.kmeans_backend, f.seed, strategy,
             f.kmeans_iterations, f.kmeans_max_points_per_centroid, true_labels=source.labels,
             log_dir=os.path.join(run_dir, "logs", "ifnd"),
-            kmeans_threads=f.kmeans_threads or None, cluster_features=f.cluster_features))
+            kmeans_threads=f.kmeans_threads or None, cluster_features=f.cluster_features,
+            confidence_rule=f.fn_confidence, neighbours_k=f.fn_neighbours_k,
+            oracle_fraction=f.fn_oracle_fraction if f.fn_oracle else None))
     if f.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
         try:
             test = data.load_source(f.dataset, "test", f.data_dir, f.download)
@@ -140,7 +142,7 @@ def run() -> str | None:
         keras.mixed_precision.set_global_policy(f"mixed_{f.mixed_precision}")
     source = data.load_source(f.dataset, "train", f.data_dir, f.download,
                               verify_images=f.verify_images, strict=f.strict_data)
-    config.validate_against_data(source.num_examples)
+    config.validate_against_data(source.num_examples, source.labels is not None)
     run_dir = distribute.worker_dir(f.model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
     write_flags(run_dir)

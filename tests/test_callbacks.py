@@ -126,3 +126,40 @@ def test_metrics_csv_drops_rows_a_resumed_run_redoes(tmp_path):
     callbacks.MetricsCsv(path, completed_epochs=2)  # killed after logging epoch 2, before saving
     assert (tmp_path / "metrics.csv").read_text().splitlines() == [
         "epoch,acc,loss", "0,0.5,1.0", "1,0.5,0.5"]
+
+
+def test_oracle_fills_the_table_with_true_classes_during_a_real_fit(one_replica):
+    source = data.load_source("digits")
+    moco = _digits_moco(one_replica, source, levels=2)
+    callback = callbacks.PseudoLabelCallback(
+        data.embedding_pipeline(source, 512, 16), source.num_examples, [10, 20], total_epochs=3,
+        warmup_epochs=1, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
+        seed=0, strategy=one_replica, true_labels=source.labels, verbose=False,
+        oracle_fraction=0.8)
+    train = data.train_pipeline(source, 64, 16, seed=0).repeat()
+    history = moco.fit(train, epochs=2, steps_per_epoch=3, callbacks=[callback], verbose=0)
+    table = moco.pseudo_labels.numpy()
+    assert history.history["oracle"] == [1.0, 1.0]
+    assert history.history["fn_precision"][-1] == 1.0
+    assert np.mean(table >= 0) == pytest.approx(0.5 * 0.8, abs=0.01)  # alpha x fraction
+    np.testing.assert_array_equal(table[0][table[0] >= 0], source.labels[table[0] >= 0])
+    assert history.history["masked"][1] > 0.0
+    with pytest.raises(ValueError, match="the oracle needs true labels"):
+        callbacks.PseudoLabelCallback(None, 10, [2], 3, 1, 0.0, 1.0, "linear", "sklearn", 0,
+                                      one_replica, oracle_fraction=1.0)
+
+
+def test_stability_rule_uses_the_previous_pass(one_replica):
+    source = data.load_source("digits", "test")
+    moco = _digits_moco(one_replica, source, levels=2)
+    callback = callbacks.PseudoLabelCallback(
+        data.embedding_pipeline(source, 512, 16), source.num_examples, [5, 10], total_epochs=4,
+        warmup_epochs=0, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
+        seed=0, strategy=one_replica, verbose=False, confidence_rule="stability")
+    callback.set_model(moco)
+    callback.on_epoch_begin(0)
+    first = callback.previous_assignment
+    assert first.shape == (2, source.num_examples)
+    callback.on_epoch_begin(1)
+    assert not np.shares_memory(first, callback.previous_assignment)
+    assert np.mean(moco.pseudo_labels.numpy() >= 0) == pytest.approx(0.5, abs=0.03)

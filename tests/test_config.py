@@ -40,3 +40,22 @@ def test_key_bn_splits_must_spread_evenly_over_replicas():
             pytest.raises(config.ConfigError, match="--key_bn_splits=3 must be 1 or a multiple "
                                                      "of the 2 replicas"):
         config.validate_flags(num_replicas=2)
+
+
+def test_oracle_is_refused_without_labels_or_without_ifnd():
+    with flagsaver.flagsaver(fn_oracle=True, dataset="folder:/x", batch_size=64):
+        with pytest.raises(config.ConfigError,
+                           match="^--fn_oracle needs true labels and --dataset=folder:/x has none$"):
+            config.validate_against_data(num_examples=1437, has_labels=False)
+        config.validate_against_data(num_examples=1437, has_labels=True)
+    with flagsaver.flagsaver(fn_oracle=True, ifnd=False), \
+            pytest.raises(config.ConfigError, match="--fn_oracle needs --ifnd=true"):
+        config.validate_flags(num_replicas=1)
+    with flagsaver.flagsaver(fn_oracle_fraction=1.5), \
+            pytest.raises(config.ConfigError, match="--fn_oracle_fraction must be in"):
+        config.validate_flags(num_replicas=1)
+
+
+def test_detection_flags_define_the_run():
+    assert {"fn_oracle", "fn_oracle_fraction", "fn_confidence", "fn_neighbours_k"} <= set(
+        config.RUN_DEFINING_FLAGS)
