@@ -173,22 +173,29 @@ def hierarchical_pseudo_labels(embeddings: np.ndarray, ks: Sequence[int], alpha:
     """
     with threadpoolctl.threadpool_limits(threads):
         embeddings = _l2_normalize(np.asarray(embeddings, np.float32))
-        assigns, margins = _hierarchy(embeddings, ks, backend, seed, iterations,
-                                      max_points_per_centroid)
+        assigns, margins = cluster_levels(embeddings, ks, backend, seed, iterations,
+                                          max_points_per_centroid)
         scores = confidence.scores(rule, assigns, margins, embeddings, previous, neighbours_k)
-    labels, stats = [], []
-    for k, assign, score, margin in zip(ks, assigns, scores, margins):
-        accepted = accept_top_fraction(assign, score, alpha, tiebreak=margin)
+    labels = accept_levels(assigns, scores, margins, alpha)
+    stats = []
+    for k, assign, accepted in zip(ks, assigns, labels):
         sizes = np.bincount(assign, minlength=k)
-        labels.append(accepted)
         stats.append(LevelStats(k, float(np.mean(accepted >= 0)), int(sizes.min()),
                                 float(np.median(sizes)), int(sizes.max()), assign))
-    return np.stack(labels), stats
+    return labels, stats
 
 
-def _hierarchy(embeddings: np.ndarray, ks: Sequence[int], backend: str, seed: int,
-               iterations: int, max_points_per_centroid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every level's assignment and margin, [levels, N] each."""
+def accept_levels(assigns: np.ndarray, scores: np.ndarray, margins: np.ndarray,
+                  alpha: float) -> np.ndarray:
+    """[levels, N] accepted labels: per level and cluster the top alpha by score, then margin."""
+    return np.stack([accept_top_fraction(a, s, alpha, tiebreak=m)
+                     for a, s, m in zip(assigns, scores, margins)])
+
+
+def cluster_levels(embeddings: np.ndarray, ks: Sequence[int], backend: str, seed: int,
+                   iterations: int = 20, max_points_per_centroid: int = 256
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Every level's assignment and margin, [levels, N] each (unit-norm embeddings)."""
     assigns, margins = [], []
     for level, k in enumerate(ks):
         centroids = fit_centroids(embeddings, k, backend, seed + level, iterations,

@@ -1,12 +1,17 @@
-"""MoCo v2 against MoCo v2 + IFND with the same flags and seed, in one table.
+"""MoCo v2 against MoCo v2 + IFND (and other variants) with the same flags, in one table.
 
     python -m ifnd_tf.compare --flagfile=flags/fashion_mnist.cfg --model_dir=runs/compare
+    python -m ifnd_tf.compare ... --seeds=0,1,2 --variants=moco,ifnd,oracle \
+        --variant=agreement:--fn_confidence=agreement
 
 Trains <model_dir>/moco (--ifnd=false) and <model_dir>/ifnd (--ifnd=true), every other flag as
 given, then probes each with ifnd_tf.linear_eval; every step runs in its own process, with the
-same command-line flags. A step whose output already exists is read, not run again
-(export/encoder.keras of a run, linear_eval/result.json): delete a run folder to redo it.
-Prints the table and writes it to <model_dir>/compare.md and compare.json:
+same command-line flags. With --seeds, each variant is trained once per seed in
+<model_dir>/<variant>/seed<s>. A step whose output already exists is read, not run again
+(export/encoder.keras of a run, linear_eval/result.json): delete a run folder to redo it, or add
+a seed to grow the table. Prints the table and writes it to <model_dir>/compare.md and
+compare.json (with --seeds: compare.json holds every run, the mean ± sd per variant, the paired
+per-seed differences against MoCo v2 and the verdicts). Columns:
   kNN top-1     the kNN monitor at the last epoch (test split, query backbone)
   linear top-1  the linear probe (test split)
   FN precision / recall   of the detected false negatives at the last epoch (IFND only)
@@ -19,6 +24,8 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
 
 import json
 import os
+import re
+import statistics
 import subprocess
 import sys
 
@@ -27,7 +34,12 @@ from absl import app, logging
 from ifnd_tf import config, monitors
 from ifnd_tf.config import FLAGS
 
-VARIANTS = (("MoCo v2", "moco", "--ifnd=false"), ("MoCo v2 + IFND", "ifnd", "--ifnd=true"))
+# key: (table name, short name in verdicts, flags). The reference of the paired differences.
+BUILTIN_VARIANTS = {"moco": ("MoCo v2", "MoCo", ["--ifnd=false"]),
+                    "ifnd": ("MoCo v2 + IFND", "IFND", ["--ifnd=true"]),
+                    "oracle": ("oracle (true labels)", "oracle", ["--ifnd=true", "--fn_oracle=true"])}
+REFERENCE = "moco"
+VERDICT_METRICS = (("kNN", "knn_top1"), ("linear", "linear_top1"))
 COLUMNS = (("kNN top-1", "knn_top1", "{:.4f}"), ("linear top-1", "linear_top1", "{:.4f}"),
            ("FN precision", "fn_precision", "{:.3f}"), ("FN recall", "fn_recall", "{:.3f}"),
            ("train time", "train_seconds", "{:.0f} s"))
@@ -56,7 +68,8 @@ def summarize(run_dir: str) -> dict:
     return {"epochs": len(history), "knn_top1": last.get("knn_top1"),
             "linear_top1": probe["top1"], "linear_top5": probe["top5"],
             "fn_precision": last.get("fn_precision"), "fn_recall": last.get("fn_recall"),
-            "train_seconds": sum(r.get("seconds", 0.0) for r in history)}
+            "train_seconds": sum(r.get("seconds", 0.0) for r in history),
+            "oracle": last.get("oracle") == 1.0}
 
 
 def format_table(rows: dict[str, dict]) -> str:
@@ -65,31 +78,154 @@ def format_table(rows: dict[str, dict]) -> str:
              "|---|" + "---|" * len(COLUMNS)]
     for name, row in rows.items():
         cells = ["–" if row.get(key) is None else fmt.format(row[key]) for _, key, fmt in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        marked = f"{name} (oracle)" if row.get("oracle") and "oracle" not in name else name
+        lines.append(f"| {marked} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def parse_variants(keys: list[str], definitions: list[str]) -> dict[str, tuple]:
+    """{key: (table name, short name, flags)} from --variants and --variant=name:--f=v,--g=w.
+
+    A definition's flags are split at commas that start a new flag, so values may hold commas
+    (--num_clusters=10,20)."""
+    defined = {}
+    for text in definitions:
+        name, sep, flag_text = text.partition(":")
+        flag_list = re.split(r",(?=--)", flag_text) if flag_text else []
+        if not sep or not re.fullmatch(r"[\w.-]+", name) or not all(
+                f.startswith("--") for f in flag_list):
+            raise config.ConfigError(f"--variant={text!r}: expected name:--flag=value,--flag=value")
+        defined[name] = (name, name, flag_list)
+    variants = {}
+    for key in [*keys, *(k for k in defined if k not in keys)]:
+        if key not in BUILTIN_VARIANTS and key not in defined:
+            raise config.ConfigError(f"--variants: unknown variant {key!r} (built in: "
+                                     f"{', '.join(BUILTIN_VARIANTS)}; or define it with --variant)")
+        variants[key] = defined.get(key) or BUILTIN_VARIANTS[key]
+    return variants
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None below two values)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def paired_differences(reference: dict, other: dict, key: str) -> dict | None:
+    """other - reference of `key` over the seeds both have measured: per seed, mean ± sd, and
+    how many seeds are ahead (> 0). None when no seed has both."""
+    seeds = sorted(s for s in reference if s in other and reference[s].get(key) is not None
+                   and other[s].get(key) is not None)
+    if not seeds:
+        return None
+    diffs = [other[s][key] - reference[s][key] for s in seeds]
+    mean, sd = mean_sd(diffs)
+    return {"seeds": seeds, "diffs": diffs, "mean": mean, "sd": sd,
+            "ahead": sum(d > 0 for d in diffs), "n": len(diffs)}
+
+
+def verdict(short_name: str, metric: str, paired: dict, reference_name: str = "MoCo") -> str:
+    """One line, in accuracy points: 'IFND − MoCo kNN: +0.8 ± 0.2, 3/3 seeds ahead'."""
+    spread = "" if paired["sd"] is None else f" ± {100 * paired['sd']:.1f}"
+    return (f"{short_name} − {reference_name} {metric}: {100 * paired['mean']:+.1f}{spread}, "
+            f"{paired['ahead']}/{paired['n']} seeds ahead")
+
+
+def summarize_seeds(runs: dict[str, dict]) -> dict:
+    """Per column: mean, sd and n over the seeds of one variant (columns never measured left out)."""
+    result = {}
+    for _, key, _ in COLUMNS:
+        values = [row[key] for row in runs.values() if row.get(key) is not None]
+        if values:
+            mean, sd = mean_sd(values)
+            result[key] = {"mean": mean, "sd": sd, "n": len(values)}
+    return result
+
+
+def format_summary(names: dict[str, str], summaries: dict[str, dict]) -> str:
+    """Markdown: mean ± sd per variant and column ('–' = not measured)."""
+    lines = ["| variant | seeds | " + " | ".join(title for title, _, _ in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for key, summary in summaries.items():
+        cells = []
+        for _, column, fmt in COLUMNS:
+            if column not in summary:
+                cells.append("–")
+                continue
+            cell = fmt.format(summary[column]["mean"])
+            if summary[column]["sd"] is not None:
+                cell += " ± " + fmt.format(summary[column]["sd"]).replace(" s", "")
+            cells.append(cell)
+        seeds = max((s["n"] for s in summary.values()), default=0)
+        lines.append(f"| {names[key]} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_variant(flag_args: list[str], run_dir: str, variant_flags: list[str]) -> dict:
+    """Train (or read) one run, probe (or read) it, return its table row."""
+    saved_model = os.path.join(run_dir, "export", "saved_model")
+    if not os.path.exists(os.path.join(run_dir, "export", "encoder.keras")):
+        run_step("ifnd_tf.train", [*flag_args, f"--model_dir={run_dir}", *variant_flags,
+                                   "--export=true"])
+    if not os.path.exists(os.path.join(run_dir, "linear_eval", "result.json")):
+        run_step("ifnd_tf.linear_eval", [*flag_args, f"--model_dir={run_dir}", *variant_flags,
+                                         f"--saved_model={saved_model}",
+                                         f"--eval_dir={os.path.join(run_dir, 'linear_eval')}"])
+    return summarize(run_dir)
+
+
+def _write(name: str, text: str) -> None:
+    with open(os.path.join(FLAGS.model_dir, name), "w") as f:
+        f.write(text)
+
+
+def verdicts(variants: dict[str, tuple], runs: dict[str, dict]) -> tuple[dict, list[str]]:
+    """Paired differences against MoCo v2 of every other variant, and their verdict lines."""
+    paired, lines = {}, []
+    if REFERENCE not in runs:
+        return paired, lines
+    for key, (_, short, _) in variants.items():
+        if key == REFERENCE:
+            continue
+        for metric, column in VERDICT_METRICS:
+            result = paired_differences(runs[REFERENCE], runs[key], column)
+            if result is not None:
+                paired.setdefault(key, {})[column] = result
+                lines.append(verdict(short, metric, result))
+    return paired, lines
+
+
 def run(flag_args: list[str]) -> dict[str, dict]:
-    """Train (or read) both variants, probe (or read) both, print and write the table."""
-    rows = {}
-    for name, folder, ifnd_flag in VARIANTS:
-        run_dir = os.path.join(FLAGS.model_dir, folder)
-        saved_model = os.path.join(run_dir, "export", "saved_model")
-        if not os.path.exists(os.path.join(run_dir, "export", "encoder.keras")):
-            run_step("ifnd_tf.train", [*flag_args, f"--model_dir={run_dir}", ifnd_flag,
-                                       "--export=true"])
-        if not os.path.exists(os.path.join(run_dir, "linear_eval", "result.json")):
-            run_step("ifnd_tf.linear_eval", [*flag_args, f"--model_dir={run_dir}", ifnd_flag,
-                                             f"--saved_model={saved_model}",
-                                             f"--eval_dir={os.path.join(run_dir, 'linear_eval')}"])
-        rows[name] = summarize(run_dir)
-    table = format_table(rows)
-    print(table, flush=True)
-    with open(os.path.join(FLAGS.model_dir, "compare.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(FLAGS.model_dir, "compare.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    return rows
+    """Train (or read) every variant at every seed, probe (or read) each, print and write."""
+    variants = parse_variants(FLAGS.variants, FLAGS.variant)
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+    except ValueError as e:
+        raise config.ConfigError(f"--seeds must be integers, got {FLAGS.seeds}") from e
+    runs: dict[str, dict] = {}  # variant key -> {seed: row}
+    for key, (_, _, variant_flags) in variants.items():
+        for seed in seeds or [FLAGS.seed]:
+            run_dir = os.path.join(FLAGS.model_dir, key, f"seed{seed}") if seeds else \
+                os.path.join(FLAGS.model_dir, key)
+            seed_flags = [f"--seed={seed}"] if seeds else []
+            runs.setdefault(key, {})[seed] = run_variant(flag_args, run_dir,
+                                                         [*variant_flags, *seed_flags])
+    paired, lines = verdicts(variants, runs)
+    if not seeds:  # one run per variant: the table of runs, as before
+        rows = {variants[key][0]: next(iter(r.values())) for key, r in runs.items()}
+        text = format_table(rows) + ("\n\n" + "\n".join(lines) if lines else "") + "\n"
+        summary: dict = rows
+    else:
+        rows = {f"{variants[key][0]} · seed {seed}": row
+                for key, r in runs.items() for seed, row in r.items()}
+        summaries = {key: summarize_seeds(r) for key, r in runs.items()}
+        text = (format_summary({k: v[0] for k, v in variants.items()}, summaries) + "\n\n"
+                + "\n".join(lines) + "\n\nRuns:\n\n" + format_table(rows) + "\n")
+        summary = {"runs": {k: {str(s): row for s, row in r.items()} for k, r in runs.items()},
+                   "summary": summaries, "paired": paired, "verdicts": lines}
+    print(text, end="", flush=True)
+    _write("compare.md", text)
+    _write("compare.json", json.dumps(summary, indent=2))
+    return summary
 
 
 def main(argv):

@@ -132,6 +132,18 @@ flags.DEFINE_list("finetune_fractions", ["0.01", "0.1"],
 flags.DEFINE_list("finetune_epochs", ["60", "30"], "Fine-tuning epochs, one per fraction.")
 flags.DEFINE_float("finetune_learning_rate", 0.05, "SGD learning rate of fine-tuning.")
 
+# ifnd_tf.compare (defined here so the train / probe steps it starts accept and ignore them).
+flags.DEFINE_list("seeds", [],
+                  "compare: train every variant with each of these seeds (<model_dir>/<variant>/"
+                  "seed<s>) and report mean ± sd and paired differences against MoCo v2; empty = "
+                  "one run per variant with --seed, in <model_dir>/<variant>.")
+flags.DEFINE_list("variants", ["moco", "ifnd"],
+                  "compare: the variants, in table order: moco, ifnd, oracle (--fn_oracle) or a "
+                  "name defined with --variant.")
+flags.DEFINE_multi_string("variant", [],
+                          "compare: a named flag set, name:--flag=v,--flag2=v (repeatable); "
+                          "appended to --variants unless listed there.")
+
 
 class ConfigError(ValueError):
     """A flag value that cannot work; the message names the flag."""

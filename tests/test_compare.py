@@ -4,7 +4,7 @@ import json
 import pytest
 from test_train import run_cli
 
-from ifnd_tf import compare, monitors
+from ifnd_tf import compare, config, monitors
 
 
 def _compare(model_dir, *extra):
@@ -66,3 +66,48 @@ def test_format_table_marks_what_was_not_measured():
     rows = {"a": {"knn_top1": 0.81234, "linear_top1": 0.9, "fn_precision": None,
                   "fn_recall": None, "train_seconds": 12.6}}
     assert compare.format_table(rows).splitlines()[2] == "| a | 0.8123 | 0.9000 | – | – | 13 s |"
+
+
+def _runs(values):
+    return {seed: {"knn_top1": v, "linear_top1": None} for seed, v in enumerate(values)}
+
+
+def test_paired_differences_and_verdict_on_fixed_inputs():
+    moco = _runs([0.800, 0.810, 0.790])
+    ifnd = _runs([0.808, 0.816, 0.800])
+    paired = compare.paired_differences(moco, ifnd, "knn_top1")
+    assert paired["seeds"] == [0, 1, 2]
+    assert paired["diffs"] == pytest.approx([0.008, 0.006, 0.010])
+    assert paired["mean"] == pytest.approx(0.008) and paired["sd"] == pytest.approx(0.002)
+    assert paired["ahead"] == 3
+    assert compare.verdict("IFND", "kNN", paired) == "IFND − MoCo kNN: +0.8 ± 0.2, 3/3 seeds ahead"
+    assert compare.paired_differences(moco, ifnd, "linear_top1") is None  # never measured
+
+
+def test_paired_differences_use_only_seeds_both_have():
+    moco = _runs([0.80, 0.81])
+    other = {1: {"knn_top1": 0.80}, 2: {"knn_top1": 0.90}}  # seed 2 not yet run for MoCo
+    paired = compare.paired_differences(moco, other, "knn_top1")
+    assert paired["seeds"] == [1] and paired["ahead"] == 0 and paired["sd"] is None
+    assert compare.verdict("x", "kNN", paired) == "x − MoCo kNN: -1.0, 0/1 seeds ahead"
+
+
+def test_summary_is_mean_and_sample_sd_per_variant():
+    summary = compare.summarize_seeds({0: {"knn_top1": 0.80, "fn_precision": None},
+                                       1: {"knn_top1": 0.84, "fn_precision": None}})
+    assert summary == {"knn_top1": {"mean": pytest.approx(0.82), "sd": pytest.approx(0.02828427),
+                                    "n": 2}}
+    line = compare.format_summary({"moco": "MoCo v2"}, {"moco": summary}).splitlines()[2]
+    assert line == "| MoCo v2 | 2 | 0.8200 ± 0.0283 | – | – | – | – |"
+
+
+def test_variants_are_parsed_with_named_flag_sets():
+    variants = compare.parse_variants(
+        ["moco", "ifnd"], ["agree:--fn_confidence=agreement,--num_clusters=10,20"])
+    assert list(variants) == ["moco", "ifnd", "agree"]
+    assert variants["agree"][2] == ["--fn_confidence=agreement", "--num_clusters=10,20"]
+    assert variants["ifnd"] == ("MoCo v2 + IFND", "IFND", ["--ifnd=true"])
+    with pytest.raises(config.ConfigError, match="--variants: unknown variant 'nope'"):
+        compare.parse_variants(["moco", "nope"], [])
+    with pytest.raises(config.ConfigError, match="--variant='bad': expected name:--flag"):
+        compare.parse_variants(["moco"], ["bad"])

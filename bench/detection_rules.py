@@ -1,0 +1,102 @@
+"""Offline: precision / recall of the detected false-negative pairs for every --fn_confidence
+rule as a function of alpha, on one saved encoder (or saved embeddings) and the true labels.
+
+    python -m bench.detection_rules --run_dir=runs/fashion_mnist [--alphas=0.2,0.4,0.6,0.8,1]
+    python -m bench.detection_rules --embeddings=emb.npy --labels=labels.npy --num_clusters=10,20,50
+
+With --run_dir: its flags.json gives the dataset, image size, hierarchy and k-means settings,
+and export/encoder.keras (the query encoder; training clusters the key encoder, its EMA) embeds
+the train split's centre views. The hierarchy is clustered once; each rule scores it once and
+each alpha only re-runs the per-cluster acceptance. Counts are exact over all pairs
+(ifnd_tf.diagnostics). Offline there is no previous epoch: `stability` compares against a
+second clustering of the same embeddings with another seed, so it measures agreement between
+k-means restarts, a proxy for the epoch-to-epoch stability used in training.
+"""
+if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
+    from ifnd_tf import runtime
+
+    runtime.prepare()
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+from bench import common
+from ifnd_tf import clustering, confidence, diagnostics
+
+
+def embed_run(run_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Train-split embeddings of a run's exported encoder, the true labels, its flags."""
+    import keras
+    import tensorflow as tf
+
+    from ifnd_tf import callbacks, data
+
+    with open(os.path.join(run_dir, "flags.json")) as f:
+        flags = json.load(f)
+    encoder = keras.models.load_model(os.path.join(run_dir, "export", "encoder.keras"))
+    source = data.load_source(flags["dataset"], "train", flags.get("data_dir"))
+    if source.labels is None:
+        raise SystemExit(f"bench.detection_rules: error: {flags['dataset']} has no labels")
+    pipeline = data.embedding_pipeline(source, 1024, flags["image_size"])
+    embedder = callbacks.DatasetEmbedder(encoder, tf.distribute.get_strategy(), pipeline,
+                                         source.num_examples)
+    return embedder(), source.labels, flags
+
+
+def evaluate(embeddings: np.ndarray, labels: np.ndarray, ks: list[int], alphas: list[float],
+             backend: str, seed: int, neighbours_k: int, threads: int | None = None) -> list[dict]:
+    """One row per (rule, alpha): exact pair precision / recall, detected pairs, rule seconds."""
+    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    assigns, margins = clustering.cluster_levels(x.astype(np.float32), ks, backend, seed)
+    previous, _ = clustering.cluster_levels(x.astype(np.float32), ks, backend, seed + 1)
+    rows = []
+    for rule in confidence.RULES:
+        start = time.perf_counter()
+        scores = confidence.scores(rule, assigns, margins, x, previous, neighbours_k)
+        seconds = time.perf_counter() - start
+        for alpha in alphas:
+            quality = diagnostics.false_negative_quality(
+                clustering.accept_levels(assigns, scores, margins, alpha), labels)
+            rows.append({"rule": rule, "alpha": alpha, "precision": quality.precision,
+                         "recall": quality.recall, "detected_pairs": quality.detected_pairs,
+                         "score_seconds": seconds})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run_dir", help="a run with flags.json and export/encoder.keras")
+    parser.add_argument("--embeddings", help=".npy [N, dim] instead of --run_dir")
+    parser.add_argument("--labels", help=".npy [N] true labels, with --embeddings")
+    parser.add_argument("--num_clusters", help="k per level (default: the run's flags)")
+    parser.add_argument("--alphas", default="0.2,0.4,0.6,0.8,1.0")
+    parser.add_argument("--kmeans_backend", default=None)
+    parser.add_argument("--neighbours_k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="detection_rules")
+    args = parser.parse_args()
+    if args.run_dir:
+        embeddings, labels, flags = embed_run(args.run_dir)
+    elif args.embeddings and args.labels:
+        embeddings, labels, flags = np.load(args.embeddings), np.load(args.labels), {}
+    else:
+        parser.error("give --run_dir, or --embeddings and --labels")
+    ks = [int(k) for k in (args.num_clusters.split(",") if args.num_clusters
+                           else flags.get("num_clusters", ["10", "20", "50"]))]
+    backend = args.kmeans_backend or flags.get("kmeans_backend", "faiss")
+    alphas = [float(a) for a in args.alphas.split(",")]
+    rows = evaluate(embeddings, labels, ks, alphas, backend, args.seed, args.neighbours_k)
+    columns = ("rule", "alpha", "precision", "recall", "detected_pairs", "score_seconds")
+    common.print_table(f"Detected false-negative pairs, {len(labels)} samples, k = {ks} "
+                       f"({args.run_dir or args.embeddings})", columns,
+                       [[row[c] for c in columns] for row in rows])
+    common.write_json(args.name, {"run_dir": args.run_dir, "num_clusters": ks,
+                                  "backend": backend, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
