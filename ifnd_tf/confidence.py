@@ -27,9 +27,9 @@ def shared_membership(assign: np.ndarray, other: np.ndarray) -> np.ndarray:
     included) that shares i's cluster in `other` — exact, from the contingency table."""
     assign = np.asarray(assign, np.int64)
     other = np.asarray(other, np.int64)
-    _, cells, cell_sizes = np.unique(np.stack([assign, other]), axis=1, return_inverse=True,
-                                     return_counts=True)
-    return (cell_sizes[cells.ravel()] / np.bincount(assign)[assign]).astype(np.float32)
+    cell = assign * (other.max() + 1) + other  # one id per (cluster, other cluster) cell
+    _, cells, cell_sizes = np.unique(cell, return_inverse=True, return_counts=True)
+    return (cell_sizes[cells] / np.bincount(assign)[assign]).astype(np.float32)
 
 
 def agreement(assigns: np.ndarray) -> np.ndarray:
@@ -48,9 +48,25 @@ def stability(assigns: np.ndarray, previous: np.ndarray) -> np.ndarray:
 
 
 def nearest_neighbours(embeddings: np.ndarray, k: int) -> np.ndarray:
-    """[N, k] indices of each row's k most cosine-similar other rows (exact, chunked)."""
+    """[N, k] indices of each row's k most cosine-similar other rows (exact; faiss's flat
+    inner-product search when installed, else chunked numpy)."""
     x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    x = np.ascontiguousarray(x, np.float32)
     k = min(k, len(x) - 1)
+    try:
+        import faiss  # optional dependency (requirements.txt), as for k-means
+    except ImportError:
+        return _nearest_neighbours_numpy(x, k)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    _, found = index.search(x, k + 1)
+    # Drop each row itself (or, among exact duplicates, one row standing for it).
+    keep = found != np.arange(len(x))[:, None]
+    keep[keep.all(axis=1), -1] = False
+    return found[keep].reshape(len(x), k)
+
+
+def _nearest_neighbours_numpy(x: np.ndarray, k: int) -> np.ndarray:
     result = np.empty((len(x), k), np.int64)
     for lo in range(0, len(x), _CHUNK):
         sims = x[lo:lo + _CHUNK] @ x.T

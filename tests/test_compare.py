@@ -111,3 +111,30 @@ def test_variants_are_parsed_with_named_flag_sets():
         compare.parse_variants(["moco", "nope"], [])
     with pytest.raises(config.ConfigError, match="--variant='bad': expected name:--flag"):
         compare.parse_variants(["moco"], ["bad"])
+
+
+def test_seeds_and_oracle_variant_grow_one_table(tmp_path):
+    """Seed 0, then seeds 0,1: only seed 1 is trained the second time; the oracle is marked."""
+    args = ("--linear_epochs=2", "--variants=moco,oracle")
+    first = _compare(tmp_path, *args, "--seeds=0")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _compare(tmp_path, *args, "--seeds=0,1")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("+ python -m ifnd_tf.train") == 2  # seed 1 of both variants
+    assert "seed0" not in "".join(l for l in second.stdout.splitlines() if l.startswith("+ "))
+    result = json.loads((tmp_path / "compare.json").read_text())
+    assert set(result["runs"]["oracle"]) == {"0", "1"}
+    for seed in (0, 1):
+        run = tmp_path / "oracle" / f"seed{seed}"
+        assert json.loads((run / "flags.json").read_text())["fn_oracle"] is True
+        assert json.loads((run / "flags.json").read_text())["seed"] == seed
+        history = monitors.read_metrics(str(run / "metrics.csv"))
+        assert history[-1]["oracle"] == 1.0 and history[-1]["fn_precision"] == 1.0
+        assert result["runs"]["oracle"][str(seed)]["oracle"] is True
+    paired = result["paired"]["oracle"]["knn_top1"]
+    moco, oracle = result["runs"]["moco"], result["runs"]["oracle"]
+    assert paired["diffs"] == pytest.approx(
+        [oracle[s]["knn_top1"] - moco[s]["knn_top1"] for s in ("0", "1")])
+    assert f"oracle − MoCo kNN: {100 * paired['mean']:+.1f} ± " in second.stdout
+    assert result["summary"]["moco"]["knn_top1"]["n"] == 2
+    assert (tmp_path / "compare.md").read_text().startswith("| variant | seeds |")
