@@ -19,6 +19,14 @@ def _digits_moco(strategy, source, levels, remember_keys=False):
     return moco
 
 
+def _labelled_callback(source, strategy, **options):
+    """The pseudo-label pass of a 3-epoch run with a 1-epoch warm-up, k = 10, 20."""
+    return callbacks.PseudoLabelCallback(
+        data.embedding_pipeline(source, 512, 16), source.num_examples, [10, 20], total_epochs=3,
+        warmup_epochs=1, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
+        seed=0, strategy=strategy, true_labels=source.labels, verbose=False, **options)
+
+
 def test_embedder_places_every_example_by_index(one_replica, two_replicas):
     source = data.load_source("digits", "test")  # 360 examples: last batch is partial
     pipeline = data.embedding_pipeline(source, 61, 16)  # odd batches: uneven replica shares
@@ -35,10 +43,7 @@ def test_embedder_places_every_example_by_index(one_replica, two_replicas):
 def test_callback_fills_label_table_during_a_real_fit(one_replica):
     source = data.load_source("digits")
     moco = _digits_moco(one_replica, source, levels=2)
-    callback = callbacks.PseudoLabelCallback(
-        data.embedding_pipeline(source, 512, 16), source.num_examples, [10, 20], total_epochs=3,
-        warmup_epochs=1, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
-        seed=0, strategy=one_replica, true_labels=source.labels, verbose=False)
+    callback = _labelled_callback(source, one_replica)
     train = data.train_pipeline(source, 64, 16, seed=0).repeat()
     history = moco.fit(train, epochs=2, steps_per_epoch=3, callbacks=[callback], verbose=0)
 
@@ -131,11 +136,7 @@ def test_metrics_csv_drops_rows_a_resumed_run_redoes(tmp_path):
 def test_oracle_fills_the_table_with_true_classes_during_a_real_fit(one_replica):
     source = data.load_source("digits")
     moco = _digits_moco(one_replica, source, levels=2)
-    callback = callbacks.PseudoLabelCallback(
-        data.embedding_pipeline(source, 512, 16), source.num_examples, [10, 20], total_epochs=3,
-        warmup_epochs=1, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
-        seed=0, strategy=one_replica, true_labels=source.labels, verbose=False,
-        oracle_fraction=0.8)
+    callback = _labelled_callback(source, one_replica, oracle_fraction=0.8)
     train = data.train_pipeline(source, 64, 16, seed=0).repeat()
     history = moco.fit(train, epochs=2, steps_per_epoch=3, callbacks=[callback], verbose=0)
     table = moco.pseudo_labels.numpy()
