@@ -207,7 +207,7 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     which are cropped a whole batch at a time.
     `start_step` skips the batches a resumed run already trained on; `num_steps` ends the stream
     exactly when training ends (tearing down an endless stream mid-flight stalled the end of
-    fit, BUILD_NOTES.md).
+    fit: docs/design.md, "Decisions", epoch boundary).
     """
     batches_per_pass = source.num_examples // batch_size
     first_pass, skip_batches = divmod(start_step, batches_per_pass)
@@ -272,8 +272,8 @@ def embedding_pipeline(source: Source, batch_size: int, image_size: int) -> tf.d
         ds = ds.map(lambda i: center(i, source.read(i)), num_parallel_calls=AUTOTUNE)
     else:
         ds = source.examples.map(center, num_parallel_calls=AUTOTUNE).batch(batch_size)
-    # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (BUILD_NOTES,
-    # Benchmarks 5). Untuned, map runs one call per core and 2 batches wait ready.
+    # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (bench/README.md,
+    # "5. Fixes"). Untuned, map runs one call per core and 2 batches wait ready.
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(2).with_options(options)
