@@ -15,7 +15,7 @@ PRETRAIN = ["--flagfile=flags/smoke.cfg", "--epochs=15", "--steps_per_epoch=0", 
 
 
 @pytest.fixture(scope="module")
-def probedrun_cli(tmp_path_factory):
+def probed_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("pretrained")
     trained = run_cli("ifnd_tf.train", *PRETRAIN, f"--model_dir={model_dir}")
     assert trained.returncode == 0, trained.stderr[-3000:]
