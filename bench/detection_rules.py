@@ -33,7 +33,7 @@ def embed_run(run_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
     import keras
     import tensorflow as tf
 
-    from ifnd_tf import callbacks, data
+    from ifnd_tf import data, embedding
 
     with open(os.path.join(run_dir, "flags.json")) as f:
         flags = json.load(f)
@@ -42,7 +42,7 @@ def embed_run(run_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
     if source.labels is None:
         raise SystemExit(f"bench.detection_rules: error: {flags['dataset']} has no labels")
     pipeline = data.embedding_pipeline(source, 1024, flags["image_size"])
-    embedder = callbacks.DatasetEmbedder(encoder, tf.distribute.get_strategy(), pipeline,
+    embedder = embedding.DatasetEmbedder(encoder, tf.distribute.get_strategy(), pipeline,
                                          source.num_examples)
     return embedder(), source.labels, flags
 

@@ -164,3 +164,17 @@ def test_unreadable_images_are_skipped_with_a_count_or_stop_when_strict(tmp_path
     assert f"skipped 1 unreadable images in {tmp_path}/train (first: {bad})" in capsys.readouterr().out
     with pytest.raises(data.DataError, match=f"unreadable image {bad} .*--strict_data"):
         data.load_source(f"folder:{tmp_path}", strict=True)
+
+
+def test_labelled_pipeline_keeps_only_the_subset_with_true_labels():
+    source = data.load_source("digits", "test")
+    indices = np.sort(np.random.default_rng(0).choice(source.num_examples, 36, replace=False))
+    batches = list(data.labelled_pipeline(source, 16, 12, indices, train=True, seed=0))
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    assert images.shape == (len(indices), 12, 12, 3)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert sorted(labels) == sorted(source.labels[indices])  # shuffled, same examples
+    evaluation = data.labelled_pipeline(source, 100, 12)
+    np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in evaluation]),
+                                  source.labels)  # every example once, in order
