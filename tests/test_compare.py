@@ -117,6 +117,7 @@ def test_variants_are_parsed_with_named_flag_sets():
         compare.parse_variants(["moco"], ["bad"])
 
 
+@pytest.mark.e2e
 def test_seeds_and_oracle_variant_grow_one_table(tmp_path):
     """Seed 0, then seeds 0,1: only seed 1 is trained the second time; the oracle is marked."""
     args = ("--linear_epochs=2", "--variants=moco,oracle")
