@@ -11,17 +11,21 @@ def _digits_moco(strategy, source, num_clusters, **changes):
                       embedding_dim=16, **changes)
 
 
-def test_callback_fills_label_table_during_a_real_fit(one_replica):
-    source = data.load_source("digits")
-    moco = _digits_moco(one_replica, source, (10, 20))
+def _two_epochs_on_digits(moco, source, **options):
+    """Two 3-step epochs of a 3-epoch run (1 warm-up epoch, k = 10, 20): history, label table."""
     callback = pseudo_labels.PseudoLabelCallback(
         data.embedding_pipeline(source, 512, 16), clustering.AcceptanceSchedule(3, 1),
         clustering.KMeansSettings((10, 20), "sklearn"), seed=0, true_labels=source.labels,
-        verbose=False)
+        verbose=False, **options)
     train = data.train_pipeline(source, 64, 16, seed=0).repeat()
     history = moco.fit(train, epochs=2, steps_per_epoch=3, callbacks=[callback], verbose=0)
+    return history, moco.pseudo_labels.numpy()
 
-    table = moco.pseudo_labels.numpy()
+
+def test_callback_fills_label_table_during_a_real_fit(one_replica):
+    source = data.load_source("digits")
+    moco = _digits_moco(one_replica, source, (10, 20))
+    history, table = _two_epochs_on_digits(moco, source)
     assert history.history["alpha"] == pytest.approx([0.0, 0.5])
     warmup_seconds, ifnd_seconds = history.history["clustering_seconds"]
     assert warmup_seconds == 0.0 and ifnd_seconds > 0.0  # the pass ran in epoch 2 only
@@ -90,13 +94,7 @@ def test_unknown_cluster_features_is_refused():
 def test_oracle_fills_the_table_with_true_classes_during_a_real_fit(one_replica):
     source = data.load_source("digits")
     moco = _digits_moco(one_replica, source, (10, 20))
-    callback = pseudo_labels.PseudoLabelCallback(
-        data.embedding_pipeline(source, 512, 16), clustering.AcceptanceSchedule(3, 1),
-        clustering.KMeansSettings((10, 20), "sklearn"), seed=0, true_labels=source.labels,
-        verbose=False, oracle_fraction=0.8)
-    train = data.train_pipeline(source, 64, 16, seed=0).repeat()
-    history = moco.fit(train, epochs=2, steps_per_epoch=3, callbacks=[callback], verbose=0)
-    table = moco.pseudo_labels.numpy()
+    history, table = _two_epochs_on_digits(moco, source, oracle_fraction=0.8)
     assert history.history["oracle"] == [1.0, 1.0]
     assert history.history["fn_precision"][-1] == 1.0
     assert np.mean(table >= 0) == pytest.approx(0.5 * 0.8, abs=0.01)  # alpha x fraction
