@@ -218,7 +218,9 @@ def run(flag_args: list[str]) -> dict[str, dict]:
         rows = {f"{variants[key][0]} · seed {seed}": row
                 for key, r in runs.items() for seed, row in r.items()}
         summaries = {key: summarize_seeds(r) for key, r in runs.items()}
-        text = (format_summary({k: v[0] for k, v in variants.items()}, summaries) + "\n\n"
+        names = {k: f"{v[0]} (oracle)" if "oracle" not in v[0] and any(
+            row.get("oracle") for row in runs[k].values()) else v[0] for k, v in variants.items()}
+        text = (format_summary(names, summaries) + "\n\n"
                 + "\n".join(lines) + "\n\nRuns:\n\n" + format_table(rows) + "\n")
         summary = {"runs": {k: {str(s): row for s, row in r.items()} for k, r in runs.items()},
                    "summary": summaries, "paired": paired, "verdicts": lines}
