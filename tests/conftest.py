@@ -31,3 +31,14 @@ def one_replica():
 @pytest.fixture(scope="session")
 def two_replicas():
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(scope="session")
+def imagenet_folder(tmp_path_factory):
+    """A small generated ImageNet-layout folder (bench/imagenet_like.py): 4 classes x 16 train
+    and 4 val JPEGs of 180-500 px, two of them grayscale, two CMYK, one a PNG named .JPEG."""
+    from bench import imagenet_like
+
+    root = tmp_path_factory.mktemp("imagenet")
+    odd = imagenet_like.write_imagenet_folder(str(root))
+    return root, odd
