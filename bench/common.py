@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -129,6 +130,17 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence]) ->
         print("| " + " | ".join(cell(v) for v in row) + " |")
 
 
+def cpu_description() -> dict:
+    """lscpu's model name and flags (results are only comparable on the same CPU)."""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    fields = dict(line.split(":", 1) for line in lines.splitlines() if ":" in line)
+    return {key: fields[name].strip() for key, name in
+            (("model_name", "Model name"), ("flags", "Flags")) if name in fields}
+
+
 def write_json(name: str, payload: dict) -> str:
     """bench/results/<name>.json with the command and the machine, for the notes."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
@@ -138,7 +150,8 @@ def write_json(name: str, payload: dict) -> str:
     meta = {"command": " ".join(["python -m", module, *sys.argv[1:]]),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version(), "tensorflow": tf.__version__}}
+                        "python": platform.python_version(), "tensorflow": tf.__version__,
+                        "cpu": cpu_description()}}
     with open(path, "w") as f:
         json.dump({**meta, **payload}, f, indent=2, sort_keys=True)
     print(f"\nwrote {path}")

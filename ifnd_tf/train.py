@@ -96,7 +96,8 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
             kmeans_threads=f.kmeans_threads or None, cluster_features=f.cluster_features))
     if f.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
         try:
-            test = data.load_source(f.dataset, "test", f.data_dir, f.download)
+            test = data.load_source(f.dataset, "test", f.data_dir, f.download, f.verify_images,
+                                    f.strict_data, f.model_dir)
         except data.DataError as e:
             raise data.DataError(f"{e} (the kNN monitor needs it; --knn_every=0 turns it off)") from e
         result.append(monitors.KnnMonitor(
@@ -125,7 +126,8 @@ def run() -> str | None:
     if f.mixed_precision != "off":
         keras.mixed_precision.set_global_policy(f"mixed_{f.mixed_precision}")
     source = data.load_source(f.dataset, "train", f.data_dir, f.download,
-                              verify_images=f.verify_images, strict=f.strict_data)
+                              verify_images=f.verify_images, strict=f.strict_data,
+                              cache_dir=f.model_dir)
     config.validate_against_data(source.num_examples)
     run_dir = distribute.worker_dir(f.model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)
