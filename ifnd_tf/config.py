@@ -156,6 +156,10 @@ def validate_flags(num_replicas: int) -> None:
     _check(f.learning_rate > 0, f"--learning_rate must be > 0, got {f.learning_rate}")
     _check(f.width_multiplier > 0, f"--width_multiplier must be > 0, got {f.width_multiplier}")
     _check(f.image_size >= 8, f"--image_size must be >= 8, got {f.image_size}")
+    stride = model.BACKBONE_STRIDES[f.backbone]
+    _check(f.image_size >= stride, f"--image_size={f.image_size} is smaller than "
+                                   f"--backbone={f.backbone} takes (>= {stride}: it downsamples "
+                                   f"{stride}x)")
     _check(f.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {f.steps_per_epoch}")
     _check(f.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {f.cpu_replicas}")
     if f.ifnd:

@@ -14,6 +14,8 @@ from ifnd_tf import config
     ({"num_clusters": ["1"]}, "--num_clusters: each k must be >= 2"),
     ({"temperature": 0.0}, "--temperature must be > 0"),
     ({"moco_momentum": 1.0}, "--moco_momentum must be in \\[0, 1\\)"),
+    ({"backbone": "resnet50", "image_size": 16},
+     "--image_size=16 is smaller than --backbone=resnet50 takes \\(>= 32: it downsamples 32x\\)"),
 ])
 def test_bad_flag_values_name_the_flag(overrides, message):
     with flagsaver.flagsaver(**overrides), pytest.raises(config.ConfigError, match=message):

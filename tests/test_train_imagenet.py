@@ -57,3 +57,17 @@ def test_imagenet_cfg_trains_clusters_resumes_and_exports(imagenet_folder, tmp_p
     assert embedding.shape == (3, 128)
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-4)
     assert len(odd["cmyk"]) == 2 and len(odd["gray"]) == 2
+
+
+def test_empty_class_folder_is_one_clear_line(tmp_path):
+    from bench import imagenet_like
+
+    imagenet_like.write_imagenet_folder(str(tmp_path / "data"), num_classes=2, train_per_class=2,
+                                        val_per_class=1, empty_train_classes=1, odd_kinds=())
+    result = subprocess.run(_command(tmp_path / "data", tmp_path / "run"), check=False, cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ifnd_tf.train: error: --dataset=folder:{tmp_path}/data/train: 1 of 3 class folders "
+        "hold no readable image: n00000002")
+    assert not (tmp_path / "run" / "checkpoints").exists()
