@@ -26,8 +26,10 @@ flags.DEFINE_float("width_multiplier", 1.0, "Channel width multiplier of the bac
 flags.DEFINE_integer("embedding_dim", 128, "Output size of the projection head.")
 flags.DEFINE_bool("sync_bn", True, "Synchronise BatchNorm statistics across replicas.")
 flags.DEFINE_integer("key_bn_splits", 4,
-                     "Shuffle-BN on one replica: normalise the shuffled key batch in this many "
-                     "groups (1 = off). Must divide the per-replica batch.")
+                     "Shuffle-BN: the global key batch is shuffled across replicas and normalised "
+                     "in this many groups, key_bn_splits / replicas on each replica, never "
+                     "synchronised (1 = off: the key encoder's BN follows --sync_bn). A multiple "
+                     "of the replicas; groups of at least 8 keys.")
 
 # MoCo v2
 flags.DEFINE_integer("epochs", 10, "Training epochs.")
@@ -144,9 +146,15 @@ def validate_flags(num_replicas: int) -> None:
            f"--batch_size={f.batch_size} must be a multiple of the {num_replicas} replicas")
     _check(f.queue_size > 0 and f.queue_size % f.batch_size == 0,
            f"--queue_size={f.queue_size} must be a positive multiple of --batch_size={f.batch_size}")
-    local_batch = f.batch_size // num_replicas
-    _check(f.key_bn_splits >= 1 and local_batch % f.key_bn_splits == 0,
-           f"--key_bn_splits={f.key_bn_splits} must divide the per-replica batch {local_batch}")
+    _check(f.key_bn_splits >= 1 and f.batch_size % f.key_bn_splits == 0,
+           f"--key_bn_splits={f.key_bn_splits} must divide --batch_size={f.batch_size}")
+    _check(f.key_bn_splits == 1 or f.key_bn_splits % num_replicas == 0,
+           f"--key_bn_splits={f.key_bn_splits} must be 1 or a multiple of the {num_replicas} "
+           f"replicas (each replica normalises key_bn_splits / replicas groups of keys)")
+    _check(f.key_bn_splits == 1 or f.batch_size // f.key_bn_splits >= model.MIN_KEY_BN_GROUP,
+           f"--key_bn_splits={f.key_bn_splits} makes shuffle-BN groups of "
+           f"{f.batch_size // f.key_bn_splits} keys; use groups of at least "
+           f"{model.MIN_KEY_BN_GROUP} (--batch_size / --key_bn_splits)")
     _check(0.0 <= f.alpha_start <= 1.0, f"--alpha_start must be in [0, 1], got {f.alpha_start}")
     _check(0.0 <= f.alpha_end <= 1.0, f"--alpha_end must be in [0, 1], got {f.alpha_end}")
     _check(0 <= f.warmup_epochs < f.epochs or not f.ifnd,

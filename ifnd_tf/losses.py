@@ -72,3 +72,11 @@ def masked_logits_for_elimination(logits: tf.Tensor, fn_mask: tf.Tensor) -> tf.T
 def contrastive_accuracy(logits: tf.Tensor) -> tf.Tensor:
     """Fraction of anchors whose positive key (column 0) has the largest logit."""
     return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, axis=1), 0), tf.float32))
+
+
+def weight_decay_loss(variables, weight_decay: float) -> tf.Tensor:
+    """0.5 * weight_decay * sum of squared weights, in float32, added to the loss inside the
+    tape (as simclr's tf2 code does): its gradient weight_decay * w then goes through the same
+    loss scaling as the rest, so float16 training decays exactly as float32 does."""
+    return 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
+                                          for v in variables])

@@ -31,8 +31,11 @@ def use_jit(mode: str, strategy: tf.distribute.Strategy) -> bool:
 def build_model(num_examples: int, steps_per_epoch: int, jit: bool) -> model.MomentumContrast:
     """Encoders, MoCo model and SGD with linear-scaled lr and cosine decay (call in scope)."""
     f = FLAGS
+    key_groups = model.key_bn_groups(f.key_bn_splits,
+                                     tf.distribute.get_strategy().num_replicas_in_sync)
     encoders = [model.build_encoder(f.backbone, f.image_size, f.width_multiplier,
-                                    f.embedding_dim, f.sync_bn) for _ in range(2)]
+                                    f.embedding_dim, f.sync_bn, bn_groups=groups)
+                for groups in (None, key_groups)]  # query, key (shuffle-BN groups)
     moco = model.MomentumContrast(
         encoders[0], encoders[1], num_examples, queue_size=f.queue_size,
         num_levels=len(config.cluster_counts()) if f.ifnd else 1, temperature=f.temperature,

@@ -90,3 +90,13 @@ def test_elimination_masking_can_make_positive_the_top_logit():
     masked = losses.masked_logits_for_elimination(_logits(), mask)
     assert losses.contrastive_accuracy(_logits()).numpy() == 0.0
     assert losses.contrastive_accuracy(masked).numpy() == 1.0
+
+
+def test_weight_decay_loss_has_gradient_decay_times_weight():
+    weights = [tf.Variable([[1.0, -2.0]]), tf.Variable([3.0])]
+    with tf.GradientTape() as tape:
+        value = losses.weight_decay_loss(weights, 0.1)
+    np.testing.assert_allclose(value.numpy(), 0.5 * 0.1 * (1 + 4 + 9))
+    grads = tape.gradient(value, weights)
+    np.testing.assert_allclose(grads[0].numpy(), [[0.1, -0.2]])
+    np.testing.assert_allclose(grads[1].numpy(), [0.3])
