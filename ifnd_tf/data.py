@@ -428,16 +428,45 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
-def embedding_pipeline(source: Source, batch_size: int, image_size: int) -> tf.data.Dataset:
-    """Every example once, in order, un-augmented: batches of (index, image)."""
+def fixed_subset(num_examples: int, size: int, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded random subset of `size` examples; None when size is 0 or
+    covers the dataset (use everything)."""
+    if size <= 0 or size >= num_examples:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(num_examples, size, replace=False))
+
+
+def embedding_pipeline(source: Source, batch_size: int, image_size: int,
+                       indices: np.ndarray | None = None) -> tf.data.Dataset:
+    """Every example once, in order, un-augmented: batches of (index, image).
+
+    With `indices` (sorted, unique), only those examples: batches of (position in `indices`,
+    image), e.g. the kNN monitor's fixed train subset.
+    """
     def center(index, image):
         return index, augment.center_crop(augment.to_float_rgb(image), image_size)
 
-    if source.in_memory:  # equal-size images: read and convert whole batches, far fewer ops
-        ds = tf.data.Dataset.range(source.num_examples).batch(batch_size)
-        ds = ds.map(lambda i: center(i, source.read(i)), num_parallel_calls=AUTOTUNE)
+    if indices is None:
+        if source.in_memory:  # equal-size images: read and convert whole batches, far fewer ops
+            ds = tf.data.Dataset.range(source.num_examples).batch(batch_size)
+            ds = ds.map(lambda i: center(i, source.read(i)), num_parallel_calls=AUTOTUNE)
+        else:
+            ds = source.examples.map(center, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    elif source.read is None:  # a stream: read it all, keep the chosen ones
+        keep = np.zeros(source.num_examples, bool)
+        keep[indices] = True
+        chosen = source.examples.filter(lambda i, _: tf.gather(tf.constant(keep), i))
+        ds = chosen.enumerate().map(lambda position, example: center(position, example[1]),
+                                    num_parallel_calls=AUTOTUNE).batch(batch_size)
     else:
-        ds = source.examples.map(center, num_parallel_calls=AUTOTUNE).batch(batch_size)
+        pairs = tf.data.Dataset.from_tensor_slices(
+            (np.arange(len(indices), dtype=np.int64), np.asarray(indices, np.int64)))
+        if source.in_memory:
+            ds = pairs.batch(batch_size).map(lambda p, i: center(p, source.read(i)),
+                                             num_parallel_calls=AUTOTUNE)
+        else:
+            ds = pairs.map(lambda p, i: center(p, source.read(i)),
+                           num_parallel_calls=AUTOTUNE).batch(batch_size)
     # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (BUILD_NOTES,
     # Benchmarks 5). Untuned, map runs one call per core and 2 batches wait ready.
     options = tf.data.Options()

@@ -103,9 +103,11 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
                                     f.strict_data, f.model_dir)
         except data.DataError as e:
             raise data.DataError(f"{e} (the kNN monitor needs it; --knn_every=0 turns it off)") from e
+        subset = data.fixed_subset(source.num_examples, f.knn_max_train, f.seed)
         result.append(monitors.KnnMonitor(
-            strategy, data.embedding_pipeline(source, f.embed_batch_size, f.image_size),
-            source.labels, data.embedding_pipeline(test, f.embed_batch_size, f.image_size),
+            strategy, data.embedding_pipeline(source, f.embed_batch_size, f.image_size, subset),
+            source.labels if subset is None else source.labels[subset],
+            data.embedding_pipeline(test, f.embed_batch_size, f.image_size),
             test.labels, source.num_classes, f.knn_every, f.knn_k, f.knn_temperature, pictures,
             writer, f.seed))
     result += [callbacks.LearningRateLogger(),

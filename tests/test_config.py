@@ -42,3 +42,9 @@ def test_key_bn_splits_must_spread_evenly_over_replicas():
             pytest.raises(config.ConfigError, match="--key_bn_splits=3 must be 1 or a multiple "
                                                      "of the 2 replicas"):
         config.validate_flags(num_replicas=2)
+
+
+def test_negative_knn_max_train_names_the_flag():
+    with flagsaver.flagsaver(knn_max_train=-1), \
+            pytest.raises(config.ConfigError, match="--knn_max_train must be >= 0, got -1"):
+        config.validate_eval_flags()

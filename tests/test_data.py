@@ -262,3 +262,38 @@ def test_missing_val_folder_is_named(tmp_path):
     _write_image_folder(tmp_path)
     with pytest.raises(data.DataError, match="no val/ folder next to train/"):
         data.load_source(f"folder:{tmp_path}", "test")
+
+
+def test_fixed_subset_is_seeded_sorted_and_none_when_it_covers_everything():
+    subset = data.fixed_subset(100, 10, seed=3)
+    assert len(set(subset.tolist())) == 10 and list(subset) == sorted(subset)
+    np.testing.assert_array_equal(subset, data.fixed_subset(100, 10, seed=3))
+    assert data.fixed_subset(100, 0, seed=3) is None and data.fixed_subset(100, 100, 3) is None
+
+
+def _embedded(pipeline):
+    batches = list(pipeline)
+    return (np.concatenate([i.numpy() for i, _ in batches]),
+            np.concatenate([x.numpy() for _, x in batches]))
+
+
+@pytest.mark.parametrize("kind", ["in_memory", "files", "stream"])
+def test_embedding_pipeline_of_a_subset_yields_positions_and_those_images(kind, tmp_path,
+                                                                          monkeypatch):
+    import tensorflow_datasets as tfds
+
+    if kind == "in_memory":
+        source = data.load_source("digits", "test")
+    elif kind == "files":
+        _write_image_folder(tmp_path, per_class=5)
+        source = data.load_source(f"folder:{tmp_path}")
+    else:
+        monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", _no_random_access)
+        with tfds.testing.mock_data(num_examples=12):
+            source = data.load_source("imagenette/160px")
+    subset = np.array([1, 4, 5, 8])
+    positions, images = _embedded(data.embedding_pipeline(source, 3, 8, subset))
+    _, everything = _embedded(data.embedding_pipeline(source, 3, 8))
+    np.testing.assert_array_equal(positions, np.arange(4))
+    np.testing.assert_allclose(images, everything[subset], atol=1e-6)
