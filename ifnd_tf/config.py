@@ -78,7 +78,8 @@ flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu
 flags.DEFINE_integer("cpu_replicas", 1,
                      "Without GPUs: split the CPU into this many logical devices (MirroredStrategy).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],
-                  "XLA for the train step; auto = on for exactly one GPU.")
+                  "XLA for the train step: on needs one replica and --deterministic=false; "
+                  "auto = on for exactly one GPU with --deterministic=false.")
 flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
                   "Mixed-precision policy of the encoders.")
 flags.DEFINE_bool("export", True, "Export the encoder as a SavedModel after training.")
@@ -175,6 +176,14 @@ def validate_flags(num_replicas: int) -> None:
                                    f"{stride}x)")
     _check(f.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {f.steps_per_epoch}")
     _check(f.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {f.cpu_replicas}")
+    # XLA (docs/design.md "XLA"): Keras silently drops jit_compile under op determinism, and
+    # MirroredStrategy's compiled replica functions read other devices' variables in TF 2.21.
+    _check(f.jit_compile != "on" or not f.deterministic,
+           "--jit_compile=on needs --deterministic=false: Keras does not compile a step under "
+           "TF op determinism")
+    _check(f.jit_compile != "on" or num_replicas == 1,
+           f"--jit_compile=on needs one replica, got {num_replicas}: XLA cannot compile the "
+           "MirroredStrategy step in TF 2.21 (replica variables on other devices)")
     if f.ifnd:
         cluster_counts()
 

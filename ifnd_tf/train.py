@@ -21,11 +21,22 @@ from ifnd_tf import callbacks, config, data, distribute, export, model, monitors
 from ifnd_tf.config import FLAGS
 
 
-def use_jit(mode: str, strategy: tf.distribute.Strategy) -> bool:
-    """XLA fails with several replicas (DESIGN.md) and was no faster on CPU: auto = one GPU."""
+def use_jit(mode: str, strategy: tf.distribute.Strategy, deterministic: bool) -> bool:
+    """XLA for the step: `on` (validated: one replica, no op determinism), or `auto` = exactly
+    one GPU without determinism (XLA was not faster on CPU; docs/design.md "XLA")."""
     if mode == "auto":
-        return strategy.num_replicas_in_sync == 1 and bool(tf.config.list_physical_devices("GPU"))
+        return (strategy.num_replicas_in_sync == 1 and not deterministic
+                and bool(tf.config.list_physical_devices("GPU")))
     return mode == "on"
+
+
+def describe_step(moco: model.MomentumContrast, mode: str) -> str:
+    """One start-up line saying whether the step really is XLA-compiled (Keras may refuse)."""
+    if moco.jit_compile:
+        return "train step: XLA-compiled"
+    why = {"off": "--jit_compile=off", "on": "Keras declined to compile this model"}.get(
+        mode, "--jit_compile=auto compiles only on exactly one GPU with --deterministic=false")
+    return f"train step: not XLA-compiled ({why})"
 
 
 def build_model(num_examples: int, steps_per_epoch: int, jit: bool) -> model.MomentumContrast:
@@ -139,9 +150,11 @@ def run() -> str | None:
     write_flags(run_dir)
     steps = f.steps_per_epoch or source.num_examples // f.batch_size
     with strategy.scope():
-        moco = build_model(source.num_examples, steps, use_jit(f.jit_compile, strategy))
+        moco = build_model(source.num_examples, steps,
+                           use_jit(f.jit_compile, strategy, f.deterministic))
         manager, epoch_counter = restore_latest(moco, run_dir, f.model_dir)
     initial_epoch = int(epoch_counter.numpy())
+    print(describe_step(moco, f.jit_compile), flush=True)
     if initial_epoch < f.epochs:
         # The data stream is a function of (seed, step): a resumed run sees the same batches.
         train_data = data.train_pipeline(

@@ -253,3 +253,25 @@ def test_shuffle_bn_across_two_replicas_normalises_the_permuted_global_batch(two
     np.testing.assert_allclose(keys.numpy()[:, 0], expected, rtol=1e-4, atol=1e-4)
     # The permutation mixes replicas: some group holds keys of both replicas' query slices.
     assert any(len({int(i) // 8 for i in group}) == 2 for group in groups)
+
+
+def test_xla_compiled_steps_match_uncompiled_steps():
+    """Three steps of the same data under XLA and without: same loss and weights (tolerance)."""
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    assert not is_op_determinism_enabled()  # Keras would skip XLA (as it says in trainer.py)
+    models = []
+    for jit in (False, True):
+        moco = _moco(num_examples=8, queue_size=8, key_bn_splits=1)
+        moco.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=jit)
+        moco.optimizer.build(moco.encoder.trainable_variables)
+        if models:
+            moco.set_weights(models[0].get_weights())
+        models.append(moco)
+    batch = next(iter(_one_step_data()))  # the same three batches for both
+    data = tf.data.Dataset.from_tensors(batch).repeat(3)
+    histories = [m.fit(data, epochs=1, verbose=0).history for m in models]
+    assert models[1].jit_compile and not models[0].jit_compile
+    np.testing.assert_allclose(histories[1]["loss"], histories[0]["loss"], rtol=1e-4)
+    for a, b in zip(models[0].encoder.get_weights(), models[1].encoder.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
