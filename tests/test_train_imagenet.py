@@ -39,11 +39,13 @@ def test_imagenet_cfg_trains_clusters_resumes_and_exports(imagenet_folder, tmp_p
     output = process.communicate()[0]
     assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-1"), output
     assert "skipped" not in output  # grayscale, CMYK and the PNG named .JPEG all decode
+    assert f"checked 64 images in {root}/train: 64 decoded" in output
 
     resumed = subprocess.run(_command(root, model_dir, "--knn_max_train=40"), check=False, cwd=ROOT,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     out = resumed.stdout
+    assert f"checked 64 images in {root}/train: 0 decoded, 64 unchanged" in out  # cached
     assert "resumed from" in out and "(epoch 1)" in out
     assert "Epoch 1/2" not in out and "Epoch 2/2" in out
     # The clustering pass labelled all 64 train images, the odd ones included.
