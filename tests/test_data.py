@@ -166,6 +166,20 @@ def test_unreadable_images_are_skipped_with_a_count_or_stop_when_strict(tmp_path
         data.load_source(f"folder:{tmp_path}", strict=True)
 
 
+def test_labelled_pipeline_keeps_only_the_subset_with_true_labels():
+    source = data.load_source("digits", "test")
+    indices = np.sort(np.random.default_rng(0).choice(source.num_examples, 36, replace=False))
+    batches = list(data.labelled_pipeline(source, 16, 12, indices, train=True, seed=0))
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    assert images.shape == (len(indices), 12, 12, 3)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert sorted(labels) == sorted(source.labels[indices])  # shuffled, same examples
+    evaluation = data.labelled_pipeline(source, 100, 12)
+    np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in evaluation]),
+                                  source.labels)  # every example once, in order
+
+
 def test_image_check_is_cached_and_only_changed_files_are_decoded_again(tmp_path, monkeypatch,
                                                                         capsys):
     _write_image_folder(tmp_path)

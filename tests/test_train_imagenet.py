@@ -1,16 +1,17 @@
 """End to end on the paper-scale path: flags/imagenet.cfg itself on a generated ImageNet-layout
 folder, only the size flags overridden; training, a clustering pass, a kill + resume, export."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
+from conftest import ROOT, run_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.e2e
 # Sizes only: ResNet-50 at 1/8 width on 32 px crops, 2 epochs of 2 steps of the whole 64 train
 # images (the flagfile's --key_bn_splits=8 needs groups of >= 8 keys), k list within them.
 SMALL = ("--image_size=32", "--width_multiplier=0.125", "--epochs=2", "--steps_per_epoch=2",
@@ -18,9 +19,9 @@ SMALL = ("--image_size=32", "--width_multiplier=0.125", "--epochs=2", "--steps_p
          "--embed_batch_size=32")
 
 
-def _command(root, model_dir, *extra):
-    return [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/imagenet.cfg",
-            f"--dataset=folder:{root}", f"--model_dir={model_dir}", *SMALL, *extra]
+def _args(root, model_dir, *extra):
+    return ["--flagfile=flags/imagenet.cfg", f"--dataset=folder:{root}",
+            f"--model_dir={model_dir}", *SMALL, *extra]
 
 
 def test_imagenet_cfg_trains_clusters_resumes_and_exports(imagenet_folder, tmp_path):
@@ -28,8 +29,9 @@ def test_imagenet_cfg_trains_clusters_resumes_and_exports(imagenet_folder, tmp_p
     model_dir = tmp_path / "run"
     # First run: killed once epoch 1 (warm-up) is checkpointed, inside epoch 2. The kNN monitor
     # (not run-defining) runs only in the resumed run, to keep the test short.
-    process = subprocess.Popen(_command(root, model_dir, "--knn_every=0"), cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ifnd_tf.train", *_args(root, model_dir, "--knn_every=0")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = model_dir / "checkpoints" / "ckpt-1.index"
     deadline = time.monotonic() + 300
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -41,8 +43,7 @@ def test_imagenet_cfg_trains_clusters_resumes_and_exports(imagenet_folder, tmp_p
     assert "skipped" not in output  # grayscale, CMYK and the PNG named .JPEG all decode
     assert f"checked 64 images in {root}/train: 64 decoded" in output
 
-    resumed = subprocess.run(_command(root, model_dir, "--knn_max_train=40"), check=False, cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
+    resumed = run_cli("ifnd_tf.train", *_args(root, model_dir, "--knn_max_train=40"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     out = resumed.stdout
     assert f"checked 64 images in {root}/train: 0 decoded, 64 unchanged" in out  # cached
@@ -67,8 +68,7 @@ def test_empty_class_folder_is_one_clear_line(tmp_path):
 
     imagenet_like.write_imagenet_folder(str(tmp_path / "data"), num_classes=2, train_per_class=2,
                                         val_per_class=1, empty_train_classes=1, odd_kinds=())
-    result = subprocess.run(_command(tmp_path / "data", tmp_path / "run"), check=False, cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = run_cli("ifnd_tf.train", *_args(tmp_path / "data", tmp_path / "run"))
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         f"ifnd_tf.train: error: --dataset=folder:{tmp_path}/data/train: 1 of 3 class folders "

@@ -1,0 +1,13 @@
+"""The failures an entry point turns into one `<program>: error: ...` line (cli.py)."""
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+class DataError(ValueError):
+    """Missing, corrupt or unknown data; the message names the file or flag."""
+
+
+class DivergenceError(RuntimeError):
+    """The loss became NaN or infinite."""
