@@ -7,6 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ifnd_tf import model
+
 
 class DatasetEmbedder:
     """Inference-mode encoder outputs for every (index, image) example, placed by index.
@@ -15,6 +17,8 @@ class DatasetEmbedder:
     the replicas' devices) and gathered back with its indices, so the result does not depend on
     how many replicas ran. The dataset is iterated plainly, not as a distributed dataset, whose
     iterator took up to 7 s to drop after a standalone pass (docs/design.md, "Embedding pass").
+    The encoder runs with its BatchNorm folded into the convolutions (model.FoldedEncoder,
+    re-folded at every call): the same outputs to float rounding, fewer and fused kernels.
     """
 
     def __init__(self, encoder: keras.Model, strategy: tf.distribute.Strategy,
@@ -23,12 +27,15 @@ class DatasetEmbedder:
         self.dataset = dataset
         self.num_examples = num_examples
         self.dim = encoder.output[output].shape[-1]
+        with strategy.scope():
+            self.folded = model.FoldedEncoder(encoder)
+        folded = self.folded
 
         # Shares change size with the last, smaller batch: one more trace, not one per epoch.
         @tf.function(reduce_retracing=True)
         def embed_batch(index, images):
             def on_replica(index, images):  # int32: int64 gathers fail across workers
-                return tf.cast(index, tf.int32), encoder(images, training=False)[output]
+                return tf.cast(index, tf.int32), folded(images)[output]
             index, values = strategy.run(on_replica, args=(index, images))
             return strategy.gather(index, axis=0), strategy.gather(values, axis=0)
 
@@ -44,6 +51,7 @@ class DatasetEmbedder:
 
     def __call__(self) -> np.ndarray:
         num_examples = self.num_examples
+        self.folded.refresh()  # training moved the weights since the last pass
         result = np.zeros((num_examples, self.dim), np.float32)
         seen = np.zeros(num_examples, bool)
         for index, images in self.dataset:

@@ -198,13 +198,23 @@ class FoldedEncoder:
     def __init__(self, encoder: keras.Model):
         self.source = encoder
         self.model = keras.models.clone_model(encoder, clone_function=_without_batch_norm)
+        # Our backbones name each conv-BN pair <name>_conv, <name>_bn (model._conv_bn).
+        names = {layer.name for layer in encoder.layers}
+        self._batch_norm_after = {
+            layer.name: encoder.get_layer(layer.name[:-len("_conv")] + "_bn")
+            for layer in encoder.layers if isinstance(layer, keras.layers.Conv2D)
+            and layer.name.endswith("_conv") and layer.name[:-len("_conv")] + "_bn" in names}
         self.refresh()
 
     def refresh(self) -> None:
         for layer in self.model.layers:
             source = self.source.get_layer(layer.name)
-            if isinstance(layer, keras.layers.Conv2D) and layer.name.endswith("_conv"):
-                bn = self.source.get_layer(layer.name[:-len("_conv")] + "_bn")
+            if isinstance(layer, keras.layers.Conv2D):
+                bn = self._batch_norm_after.get(layer.name)
+                if bn is None:  # a convolution with no BatchNorm of its own: copied as it is
+                    layer.kernel.assign(source.kernel)
+                    layer.bias.assign(source.bias if source.use_bias else tf.zeros_like(layer.bias))
+                    continue
                 scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
                 layer.kernel.assign(source.kernel * scale)
                 layer.bias.assign(bn.beta - bn.moving_mean * scale)
