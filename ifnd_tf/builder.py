@@ -73,14 +73,17 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
             oracle_fraction=cfg.fn_oracle_fraction if cfg.fn_oracle else None))
     if cfg.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
         try:
-            test = data.load_source(cfg.dataset, "test", cfg.data_dir, cfg.download)
+            test = data.load_source(cfg.dataset, "test", cfg.data_dir, cfg.download,
+                                    cfg.verify_images, cfg.strict_data, cfg.model_dir)
         except data.DataError as e:
             raise data.DataError(
                 f"{e} (the kNN monitor needs it; --knn_every=0 turns it off)") from e
+        subset = data.fixed_subset(source.num_examples, cfg.knn_max_train, cfg.seed)
         result.append(monitors.KnnMonitor(
             moco.distribute_strategy,
-            data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size),
-            source.labels, data.embedding_pipeline(test, cfg.embed_batch_size, cfg.image_size),
+            data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size, subset),
+            source.labels if subset is None else source.labels[subset],
+            data.embedding_pipeline(test, cfg.embed_batch_size, cfg.image_size),
             test.labels, source.num_classes, cfg.knn_every, cfg.knn_k, cfg.knn_temperature,
             pictures, writer, cfg.seed))
     metrics_csv = os.path.join(run_dir, "metrics.csv")

@@ -9,6 +9,7 @@ for evaluation and diagnostics.
 import concurrent.futures
 import dataclasses
 import gzip
+import json
 import os
 from collections.abc import Callable
 
@@ -22,6 +23,8 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 AUTOTUNE = tf.data.AUTOTUNE
+IN_MEMORY_BYTES = 1 << 30  # TFDS splits of fixed-size images up to 1 GiB are held in memory
+SHUFFLE_BLOCK = 4096  # streamed TFDS splits: examples permuted together in each pass
 
 
 @dataclasses.dataclass
@@ -29,17 +32,27 @@ class Source:
     """A dataset split in a fixed order: example i has dataset index i."""
 
     name: str
-    read: Callable[[tf.Tensor], tf.Tensor]  # int64 index (or, in memory, a vector) -> uint8 image
+    # int64 index (or, in memory, a vector) -> uint8 image; None for a stream (below)
+    read: Callable[[tf.Tensor], tf.Tensor] | None
     num_examples: int
     labels: np.ndarray | None  # true labels: diagnostics and evaluation only
     num_classes: int | None
     in_memory: bool  # equal-size images held in memory: `read` takes a batch of indices
+    # No random access (TFDS in TFRecord files): (index, encoded image) in index order.
+    stream: Callable[[], tf.data.Dataset] | None = None
 
     @property
     def examples(self) -> tf.data.Dataset:
         """(index, image) for every example, in index order."""
+        if self.read is None:
+            return self.stream().map(lambda i, raw: (i, decode(raw)), num_parallel_calls=AUTOTUNE)
         return tf.data.Dataset.range(self.num_examples).map(
             lambda i: (i, self.read(i)), num_parallel_calls=AUTOTUNE)
+
+
+def decode(raw: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG / PNG / GIF / BMP bytes -> uint8 [H, W, 3] (gray and CMYK JPEGs included)."""
+    return tf.io.decode_image(raw, channels=3, expand_animations=False)
 
 
 def _from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None) -> Source:
@@ -91,88 +104,223 @@ def _digits(split: str) -> Source:
     return _from_arrays("digits", images[keep], digits.target[keep].astype(np.int64))
 
 
-def _tfds(name: str, split: str, data_dir: str | None, download: bool) -> Source:
-    """A TFDS image dataset, read once into memory (CIFAR / STL size; ImageNet: use folder:)."""
+def _tfds(name: str, split: str, data_dir: str | None, download: bool,
+          cache_dir: str | None) -> Source:
+    """A TFDS image dataset: in memory when small (CIFAR, STL), else streamed (DESIGN: TFDS).
+
+    Splits of fixed-size images up to IN_MEMORY_BYTES are read once into memory. Larger ones
+    (imagenet2012, imagenette, imagenet_resized, ...) are never loaded whole: prepared in
+    ArrayRecord format they are read by index (`tfds.data_source`), so every pass is an exact
+    permutation; in TFRecord format (TFDS's default) they are read as a stream in stored order,
+    the index being the position in it, shuffled within blocks (`train_pipeline`).
+    """
     import tensorflow_datasets as tfds
 
+    skip_image = {"image": tfds.decode.SkipDecoding()}
     try:
-        ds, info = tfds.load(name, split=split, data_dir=data_dir, download=download,
-                             shuffle_files=False, with_info=True)
+        builder = tfds.builder(name, data_dir=data_dir)
+        if download:
+            builder.download_and_prepare()
+        encoded = builder.as_dataset(split=split, shuffle_files=False, decoders=skip_image)
     except Exception as e:  # TFDS raises several types for missing data; all end up here
         hint = "" if download else " (pass --download to fetch it, or --data_dir where it lives)"
         raise DataError(f"--dataset={name}: TFDS could not load split {split!r}{hint}: "
                         f"{str(e).splitlines()[0]}") from e
+    info = builder.info
+    if "image" not in info.features:
+        raise DataError(f"--dataset={name}: no 'image' feature ({list(info.features)})")
     has_labels = "label" in info.features
-    images, labels = [], []
-    for example in tfds.as_numpy(ds):
-        images.append(example["image"])
-        labels.append(example["label"] if has_labels else -1)
-    if len({image.shape for image in images}) > 1:
-        raise DataError(f"--dataset={name}: images differ in size; use --dataset=folder:/path")
-    source = _from_arrays(name, np.stack(images), np.asarray(labels, np.int64) if has_labels else None)
-    if has_labels:
-        source.num_classes = info.features["label"].num_classes
-    return source
-
-
-def _readable(path: str) -> bool:
+    num_classes = info.features["label"].num_classes if has_labels else None
+    num_examples = int(encoded.cardinality())  # TFDS asserts it from the split's metadata
+    shape = info.features["image"].shape
+    if None not in shape and num_examples * int(np.prod(shape)) <= IN_MEMORY_BYTES:
+        images, labels = [], []
+        for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
+            images.append(example["image"])
+            labels.append(example["label"] if has_labels else -1)
+        source = _from_arrays(name, np.stack(images),
+                              np.asarray(labels, np.int64) if has_labels else None)
+        source.num_classes = num_classes
+        return source
     try:
-        tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return True
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
-            tf.errors.PermissionDeniedError, tf.errors.UnknownError):
-        return False
+        records = builder.as_data_source(split=split, decoders=skip_image)
+    except (NotImplementedError, ValueError):  # not prepared in a random-access format
+        records = None
+    labels = _tfds_labels(name, split, encoded, records, num_examples, cache_dir) \
+        if has_labels else None
+    if records is None:
+        return Source(f"{name}:{split}", None, num_examples, labels, num_classes,
+                      in_memory=False,
+                      stream=lambda: encoded.enumerate().map(lambda i, ex: (i, ex["image"])))
+
+    def encoded_image(index):
+        return records[int(index)]["image"]
+
+    def read(index):
+        raw = tf.numpy_function(encoded_image, [index], tf.string, stateful=False)
+        return decode(tf.reshape(raw, []))
+
+    return Source(f"{name}:{split}", read, num_examples, labels, num_classes, in_memory=False)
 
 
-def _drop_unreadable(paths: list[str], labels: list[int], root: str,
-                     strict: bool) -> tuple[list[str], list[int]]:
-    """Decode every file once (in threads) so training never meets a corrupt image mid-epoch."""
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:
-        readable = list(pool.map(_readable, paths))
-    bad = [p for p, ok in zip(paths, readable) if not ok]
+def _tfds_labels(name: str, split: str, encoded: tf.data.Dataset, records, num_examples: int,
+                 cache_dir: str | None) -> np.ndarray:
+    """True labels in index order, read once (a pass over every record) and kept in cache_dir."""
+    cache = (os.path.join(cache_dir, f"labels_{name.replace('/', '_')}_{split}.npy")
+             if cache_dir else None)
+    if cache and os.path.exists(cache):
+        labels = np.load(cache)
+        if len(labels) == num_examples:
+            return labels
+    if records is not None:  # the data source's own order
+        chunks = [np.asarray([records[i]["label"] for i in range(num_examples)], np.int64)]
+    else:
+        chunks = [b.numpy() for b in encoded.map(lambda ex: ex["label"]).batch(65536)]
+    labels = np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
+    if cache:
+        os.makedirs(cache_dir, exist_ok=True)
+        np.save(f"{cache}.{os.getpid()}.npy", labels)
+        os.replace(f"{cache}.{os.getpid()}.npy", cache)
+    return labels
+
+
+LISTING_THREADS = 32  # class folders listed at once: file-system latency, not CPU, bounds it
+VERIFY_CACHE_VERSION = 1
+
+
+@dataclasses.dataclass
+class _Listing:
+    """Image files under class sub-folders, in a stable order (sorted classes, sorted names)."""
+
+    classes: list[str]
+    paths: list[str]
+    labels: list[int]
+    stamps: list[tuple[int, int]]  # (size, mtime_ns) of each file: what the cache compares
+
+
+def _list_class(folder: str) -> list[tuple[str, int, int]]:
+    with os.scandir(folder) as entries:
+        files = [(e.name, e.stat()) for e in entries
+                 if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()]
+    return sorted((name, st.st_size, st.st_mtime_ns) for name, st in files)
+
+
+def _list_class_folders(root: str) -> _Listing:
+    """One thread per class folder (ImageNet: 1,000 folders of ~1,300 files)."""
+    try:
+        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        with concurrent.futures.ThreadPoolExecutor(LISTING_THREADS) as pool:
+            per_class = list(pool.map(_list_class, [os.path.join(root, c) for c in classes]))
+    except OSError as e:
+        raise DataError(f"--dataset=folder:{root}: cannot read {e.filename}: {e.strerror}") from e
+    listing = _Listing(classes, [], [], [])
+    for label, (cls, files) in enumerate(zip(classes, per_class)):
+        listing.paths += [os.path.join(root, cls, name) for name, _, _ in files]
+        listing.labels += [label] * len(files)
+        listing.stamps += [(size, mtime) for _, size, mtime in files]
+    return listing
+
+
+def _decodable(paths: list[str]) -> np.ndarray:
+    """True where TensorFlow decodes the file: one parallel tf.data pass, failures dropped."""
+    files = tf.constant(paths or [""])
+
+    def decodes(i):
+        return i, tf.shape(decode(tf.io.read_file(files[i])))
+
+    ds = tf.data.Dataset.range(len(paths)).map(decodes, num_parallel_calls=AUTOTUNE,
+                                               deterministic=False)
+    ok = np.zeros(len(paths), bool)
+    for index in ds.ignore_errors().map(lambda i, _: i).batch(4096):
+        ok[index.numpy()] = True
+    return ok
+
+
+def _read_verify_cache(path: str, root: str) -> dict[str, tuple[int, int, bool]]:
+    """{file path relative to root: (size, mtime_ns, decodable)}; empty if absent or stale."""
+    try:
+        with gzip.open(path, "rt") as f:
+            saved = json.load(f)
+    except (OSError, EOFError, ValueError):
+        return {}
+    if saved.get("version") != VERIFY_CACHE_VERSION or saved.get("root") != root:
+        return {}
+    return {name: (size, mtime, bool(ok)) for name, size, mtime, ok in saved["files"]}
+
+
+def _write_verify_cache(path: str, root: str, listing: _Listing, ok: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    files = [[os.path.relpath(p, root), size, mtime, bool(good)]
+             for p, (size, mtime), good in zip(listing.paths, listing.stamps, ok)]
+    temporary = f"{path}.{os.getpid()}.tmp"  # workers sharing --model_dir never see half a file
+    with gzip.open(temporary, "wt") as f:
+        json.dump({"version": VERIFY_CACHE_VERSION, "root": root, "files": files}, f)
+    os.replace(temporary, path)
+
+
+def _verify(listing: _Listing, root: str, cache: str | None) -> np.ndarray:
+    """Decodable flag of every listed file; files unchanged since the cache was written
+    (same size and mtime) are not decoded again."""
+    known = _read_verify_cache(cache, root) if cache else {}
+    ok = np.zeros(len(listing.paths), bool)
+    todo = []
+    for i, (path, stamp) in enumerate(zip(listing.paths, listing.stamps)):
+        cached = known.get(os.path.relpath(path, root))
+        if cached is not None and cached[:2] == stamp:
+            ok[i] = cached[2]
+        else:
+            todo.append(i)
+    if todo:
+        ok[todo] = _decodable([listing.paths[i] for i in todo])
+    reused = f", {len(ok) - len(todo)} unchanged since {cache}" if cache else ""
+    print(f"checked {len(ok)} images in {root}: {len(todo)} decoded{reused}", flush=True)
+    if cache and todo:
+        _write_verify_cache(cache, root, listing, ok)
+    return ok
+
+
+def _drop_unreadable(listing: _Listing, root: str, strict: bool, cache: str | None) -> None:
+    """Check every file once, so training never meets a corrupt image mid-epoch."""
+    ok = _verify(listing, root, cache)
+    bad = [p for p, good in zip(listing.paths, ok) if not good]
     if bad and strict:
         raise DataError(f"unreadable image {bad[0]} ({len(bad)} in {root}); "
                         "drop --strict_data to skip them")
     if bad:
         print(f"skipped {len(bad)} unreadable images in {root} (first: {bad[0]})", flush=True)
-    kept = [(p, y) for p, y, ok in zip(paths, labels, readable) if ok]
-    return [p for p, _ in kept], [y for _, y in kept]
+    listing.paths = [p for p, good in zip(listing.paths, ok) if good]
+    listing.labels = [y for y, good in zip(listing.labels, ok) if good]
 
 
-def _list_class_folders(root: str) -> tuple[list[str], list[str], list[int]]:
-    """Sorted class names, and image paths with their class, in a stable order."""
-    try:
-        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-        paths, labels = [], []
-        for label, cls in enumerate(classes):
-            files = sorted(f for f in os.listdir(os.path.join(root, cls))
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
-            paths += [os.path.join(root, cls, f) for f in files]
-            labels += [label] * len(files)
-    except OSError as e:
-        raise DataError(f"--dataset=folder:{root}: cannot read {e.filename}: {e.strerror}") from e
-    return classes, paths, labels
-
-
-def _image_folder(root: str, split: str, verify: bool, strict: bool) -> Source:
+def _image_folder(root: str, split: str, verify: bool, strict: bool,
+                  cache_dir: str | None = None) -> Source:
     """Class sub-folders of images (ImageNet-100 layout: root/{train,val}/class/*.JPEG)."""
     split_dir = {"train": "train", "test": "val"}[split]
     if os.path.isdir(os.path.join(root, split_dir)):
         root = os.path.join(root, split_dir)
+    elif split == "test" and os.path.isdir(os.path.join(root, "train")):
+        raise DataError(f"--dataset=folder:{root}: no val/ folder next to train/ "
+                        "(the test split)")
     if not os.path.isdir(root):
         raise DataError(f"--dataset=folder:{root}: no such folder")
-    classes, paths, labels = _list_class_folders(root)
+    listing = _list_class_folders(root)
     if verify:
-        paths, labels = _drop_unreadable(paths, labels, root, strict)
+        cache = os.path.join(cache_dir, f"image_check_{split}.json.gz") if cache_dir else None
+        _drop_unreadable(listing, root, strict, cache)
+    paths, labels, classes = listing.paths, listing.labels, listing.classes
     if not paths:
         raise DataError(f"--dataset=folder:{root}: no readable images in class sub-folders "
                         f"(expected {root}/<class>/<image>{IMAGE_EXTENSIONS[0]})")
+    empty = [c for c, n in zip(classes, np.bincount(labels, minlength=len(classes))) if n == 0]
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise DataError(f"--dataset=folder:{root}: {len(empty)} of {len(classes)} class folders "
+                        f"hold no readable image: {shown}")
 
     files = tf.constant(paths)
 
     def read(index):
-        return tf.io.decode_image(tf.io.read_file(files[index]), channels=3,
-                                  expand_animations=False)
+        return decode(tf.io.read_file(files[index]))
 
     return Source(f"folder:{root}", read, len(paths), np.asarray(labels, np.int64),
                   len(classes), in_memory=False)
@@ -180,11 +328,13 @@ def _image_folder(root: str, split: str, verify: bool, strict: bool) -> Source:
 
 def load_source(dataset: str, split: str = "train", data_dir: str | None = None,
                 download: bool = False, verify_images: bool = True,
-                strict: bool = False) -> Source:
+                strict: bool = False, cache_dir: str | None = None) -> Source:
     """`fashion_mnist` | `digits` | `folder:/path` | any TFDS name, split train or test.
 
     verify_images / strict apply to image folders: unreadable files are skipped with a count,
-    or stop the run when strict.
+    or stop the run when strict. cache_dir (a run's --model_dir) keeps what start-up learns
+    across restarts: the image check of a folder (path, size, mtime and verdict per file: a
+    restart decodes only files that changed) and the labels of a streamed TFDS split.
     """
     if split not in ("train", "test"):
         raise DataError(f"split must be train or test, got {split!r}")
@@ -193,8 +343,8 @@ def load_source(dataset: str, split: str = "train", data_dir: str | None = None,
     if dataset == "digits":
         return _digits(split)
     if dataset.startswith("folder:"):
-        return _image_folder(dataset[len("folder:"):], split, verify_images, strict)
-    return _tfds(dataset, split, data_dir, download)
+        return _image_folder(dataset[len("folder:"):], split, verify_images, strict, cache_dir)
+    return _tfds(dataset, split, data_dir, download, cache_dir)
 
 
 def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
@@ -202,7 +352,8 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     """Batches of (index, view_q, view_k): two independent MoCo v2 augmentations.
 
     The stream is a function of (seed, step) only: pass p over the data visits the examples in
-    a permutation drawn from (seed, p); the views come from stateless draws seeded by (seed, p,
+    a permutation drawn from (seed, p) (a source without random access, a streamed TFDS split:
+    permuted within consecutive blocks of SHUFFLE_BLOCK examples); the views come from stateless draws seeded by (seed, p,
     index) — per example for image files, per batch (its first example) for arrays in memory,
     which are cropped a whole batch at a time.
     `start_step` skips the batches a resumed run already trained on; `num_steps` ends the stream
@@ -220,9 +371,21 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
         order = tf.cast(order[:batches_per_pass * batch_size], tf.int64)
         return tf.data.Dataset.from_tensor_slices(order).map(lambda index: (data_pass, index))
 
-    def two_views(data_pass, index):
-        """Per example: images of any size (files)."""
-        image = augment.to_float_rgb(source.read(index))
+    def one_stream_pass(data_pass):
+        """No random access: the stream permuted within blocks of SHUFFLE_BLOCK examples."""
+        def permute(block, example):
+            index, raw = example
+            block_seed = tf.random.experimental.stateless_fold_in(pass_seed(data_pass), block)
+            order = tf.argsort(tf.random.stateless_uniform(tf.shape(index), block_seed))
+            return tf.data.Dataset.from_tensor_slices(
+                (tf.fill(tf.shape(index), data_pass), tf.gather(index, order),
+                 tf.gather(raw, order)))
+        blocks = source.stream().batch(SHUFFLE_BLOCK).enumerate()
+        return blocks.flat_map(permute).take(batches_per_pass * batch_size)
+
+    def two_views(data_pass, index, raw=None):
+        """Per example: images of any size (files, TFDS records)."""
+        image = augment.to_float_rgb(source.read(index) if raw is None else decode(raw))
         example = tf.random.experimental.stateless_fold_in(pass_seed(data_pass), index)
         views = [augment.view_with_params(image, image_size,
                                           tf.random.experimental.stateless_fold_in(example, v))
@@ -244,7 +407,8 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     def photometric(index, view_q, view_k):
         return (index, augment.apply_photometric(*view_q), augment.apply_photometric(*view_k))
 
-    ds = tf.data.Dataset.range(first_pass, tf.int64.max).flat_map(one_pass)
+    ds = tf.data.Dataset.range(first_pass, tf.int64.max).flat_map(
+        one_pass if source.read is not None else one_stream_pass)
     ds = ds.skip(skip_batches * batch_size)
     if num_steps is not None:
         ds = ds.take(num_steps * batch_size)
@@ -262,16 +426,45 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 
-def embedding_pipeline(source: Source, batch_size: int, image_size: int) -> tf.data.Dataset:
-    """Every example once, in order, un-augmented: batches of (index, image)."""
+def fixed_subset(num_examples: int, size: int, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded random subset of `size` examples; None when size is 0 or
+    covers the dataset (use everything)."""
+    if size <= 0 or size >= num_examples:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(num_examples, size, replace=False))
+
+
+def embedding_pipeline(source: Source, batch_size: int, image_size: int,
+                       indices: np.ndarray | None = None) -> tf.data.Dataset:
+    """Every example once, in order, un-augmented: batches of (index, image).
+
+    With `indices` (sorted, unique), only those examples: batches of (position in `indices`,
+    image), e.g. the kNN monitor's fixed train subset.
+    """
     def center(index, image):
         return index, augment.center_crop(augment.to_float_rgb(image), image_size)
 
-    if source.in_memory:  # equal-size images: read and convert whole batches, far fewer ops
-        ds = tf.data.Dataset.range(source.num_examples).batch(batch_size)
-        ds = ds.map(lambda i: center(i, source.read(i)), num_parallel_calls=AUTOTUNE)
+    if indices is None:
+        if source.in_memory:  # equal-size images: read and convert whole batches, far fewer ops
+            ds = tf.data.Dataset.range(source.num_examples).batch(batch_size)
+            ds = ds.map(lambda i: center(i, source.read(i)), num_parallel_calls=AUTOTUNE)
+        else:
+            ds = source.examples.map(center, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    elif source.read is None:  # a stream: read it all, keep the chosen ones
+        keep = np.zeros(source.num_examples, bool)
+        keep[indices] = True
+        chosen = source.examples.filter(lambda i, _: tf.gather(tf.constant(keep), i))
+        ds = chosen.enumerate().map(lambda position, example: center(position, example[1]),
+                                    num_parallel_calls=AUTOTUNE).batch(batch_size)
     else:
-        ds = source.examples.map(center, num_parallel_calls=AUTOTUNE).batch(batch_size)
+        pairs = tf.data.Dataset.from_tensor_slices(
+            (np.arange(len(indices), dtype=np.int64), np.asarray(indices, np.int64)))
+        if source.in_memory:
+            ds = pairs.batch(batch_size).map(lambda p, i: center(p, source.read(i)),
+                                             num_parallel_calls=AUTOTUNE)
+        else:
+            ds = pairs.map(lambda p, i: center(p, source.read(i)),
+                           num_parallel_calls=AUTOTUNE).batch(batch_size)
     # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (bench/README.md,
     # "5. Fixes"). Untuned, map runs one call per core and 2 batches wait ready.
     options = tf.data.Options()

@@ -143,6 +143,9 @@ def key_bn_groups(key_bn_splits: int, num_replicas: int) -> int | None:
 
 
 BACKBONES = {"small": small_convnet, "resnet18_cifar": resnet18_cifar, "resnet50": resnet50}
+# Total downsampling of each backbone: a smaller input leaves the last stages convolving
+# padding (a 1x1 map from the middle of the network on), so it is refused.
+BACKBONE_STRIDES = {"small": 8, "resnet18_cifar": 8, "resnet50": 32}
 
 
 def build_encoder(backbone: str, image_size: int, width_multiplier: float = 1.0,

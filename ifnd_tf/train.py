@@ -61,7 +61,8 @@ def run() -> str | None:
     if cfg.mixed_precision != "off":
         keras.mixed_precision.set_global_policy(f"mixed_{cfg.mixed_precision}")
     source = data.load_source(cfg.dataset, "train", cfg.data_dir, cfg.download,
-                              verify_images=cfg.verify_images, strict=cfg.strict_data)
+                              verify_images=cfg.verify_images, strict=cfg.strict_data,
+                              cache_dir=cfg.model_dir)
     config.validate_against_data(source.num_examples, source.labels is not None)
     run_dir = distribute.worker_dir(cfg.model_dir, strategy)
     os.makedirs(run_dir, exist_ok=True)

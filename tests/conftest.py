@@ -113,3 +113,14 @@ def restore_smoke_model(model_dir, **changes):
     tf.train.Checkpoint(model=moco).restore(
         tf.train.latest_checkpoint(str(model_dir / "checkpoints"))).expect_partial()
     return moco
+
+
+@pytest.fixture(scope="session")
+def imagenet_folder(tmp_path_factory):
+    """A small generated ImageNet-layout folder (bench/imagenet_like.py): 4 classes x 16 train
+    and 4 val JPEGs of 180-500 px, two of them grayscale, two CMYK, one a PNG named .JPEG."""
+    from bench import imagenet_like
+
+    root = tmp_path_factory.mktemp("imagenet")
+    odd = imagenet_like.write_imagenet_folder(str(root))
+    return root, odd

@@ -17,6 +17,8 @@ from ifnd_tf import config
     ({"num_clusters": ["1"]}, "--num_clusters: each k must be >= 2"),
     ({"temperature": 0.0}, "--temperature must be > 0"),
     ({"moco_momentum": 1.0}, "--moco_momentum must be in \\[0, 1\\)"),
+    ({"backbone": "resnet50", "image_size": 16},
+     "--image_size=16 is smaller than --backbone=resnet50 takes \\(>= 32: it downsamples 32x\\)"),
 ])
 def test_bad_flag_values_name_the_flag(overrides, message):
     with flagsaver.flagsaver(**overrides), pytest.raises(config.ConfigError, match=message):
@@ -77,3 +79,9 @@ def test_oracle_is_refused_without_labels_or_without_ifnd():
 def test_detection_flags_define_the_run():
     assert {"fn_oracle", "fn_oracle_fraction", "fn_confidence", "fn_neighbours_k"} <= set(
         config.RUN_DEFINING_FLAGS)
+
+
+def test_negative_knn_max_train_names_the_flag():
+    with flagsaver.flagsaver(knn_max_train=-1), \
+            pytest.raises(config.ConfigError, match="--knn_max_train must be >= 0, got -1"):
+        config.validate_eval_flags()

@@ -178,3 +178,136 @@ def test_labelled_pipeline_keeps_only_the_subset_with_true_labels():
     evaluation = data.labelled_pipeline(source, 100, 12)
     np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in evaluation]),
                                   source.labels)  # every example once, in order
+
+
+def test_image_check_is_cached_and_only_changed_files_are_decoded_again(tmp_path, monkeypatch,
+                                                                        capsys):
+    _write_image_folder(tmp_path)
+    run = str(tmp_path / "run")
+    cache = os.path.join(run, "image_check_train.json.gz")
+    decoded = []
+    real = data._decodable
+    monkeypatch.setattr(data, "_decodable", lambda paths: decoded.append(paths) or real(paths))
+
+    first = data.load_source(f"folder:{tmp_path}", cache_dir=run)
+    assert [len(p) for p in decoded] == [6] and os.path.exists(cache)
+    again = data.load_source(f"folder:{tmp_path}", cache_dir=run)
+    assert [len(p) for p in decoded] == [6]  # nothing decoded on the restart
+    assert "6 images in" in capsys.readouterr().out
+    np.testing.assert_array_equal(again.labels, first.labels)
+
+    changed = tmp_path / "train" / "dog" / "1.png"
+    changed.write_bytes(b"\x89PNG now corrupt")  # other size and mtime: checked again
+    source = data.load_source(f"folder:{tmp_path}", cache_dir=run)
+    assert decoded[-1] == [str(changed)] and source.num_examples == 5
+    # The cached verdict "unreadable" holds without decoding, strict or not.
+    assert data.load_source(f"folder:{tmp_path}", cache_dir=run).num_examples == 5
+    with pytest.raises(data.DataError, match=f"unreadable image {changed}"):
+        data.load_source(f"folder:{tmp_path}", strict=True, cache_dir=run)
+    assert len(decoded) == 2
+
+    # Same size, new mtime (a file rewritten in place) is decoded again too.
+    same_size = tmp_path / "train" / "cat" / "0.png"
+    stat = same_size.stat()
+    os.utime(same_size, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    data.load_source(f"folder:{tmp_path}", cache_dir=run)
+    assert decoded[-1] == [str(same_size)]
+
+
+def test_corrupt_or_foreign_image_check_cache_is_ignored(tmp_path):
+    _write_image_folder(tmp_path)
+    cache = tmp_path / "image_check_train.json.gz"
+    cache.write_bytes(b"not gzip")
+    assert data.load_source(f"folder:{tmp_path}", cache_dir=str(tmp_path)).num_examples == 6
+    other = tmp_path / "other"
+    _write_image_folder(other, classes=("a",), per_class=2)
+    # A cache written for another root decodes everything and is replaced.
+    assert data.load_source(f"folder:{other}", cache_dir=str(tmp_path)).num_examples == 2
+
+
+def _no_random_access(*args, **kwargs):
+    raise NotImplementedError("TFRecord format")
+
+
+@pytest.mark.parametrize("random_access", [True, False], ids=["array_record", "tfrecord"])
+def test_large_tfds_split_is_read_by_index_or_streamed_never_loaded_whole(
+        random_access, monkeypatch, tmp_path):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)  # imagenette's sizes vary: never in memory
+    monkeypatch.setattr(data, "SHUFFLE_BLOCK", 8)
+    with tfds.testing.mock_data(num_examples=20):
+        if not random_access:
+            monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", _no_random_access)
+        source = data.load_source("imagenette/160px", cache_dir=str(tmp_path))
+        assert not source.in_memory and (source.read is None) == (not random_access)
+        assert (source.num_examples, source.num_classes) == (20, 10)
+        examples = [(int(i), image.numpy()) for i, image in source.examples]
+        assert [i for i, _ in examples] == list(range(20))
+        assert all(image.ndim == 3 and image.shape[-1] == 3 for _, image in examples)
+        batches = _batches(data.train_pipeline(source, 4, 16, seed=0, num_steps=10))
+        resumed = _batches(data.train_pipeline(source, 4, 16, seed=0, start_step=7,
+                                               num_steps=3))
+        embedded = list(data.embedding_pipeline(source, 8, 16))
+    indices = np.concatenate([b[0] for b in batches])
+    assert sorted(indices[:20].tolist()) == list(range(20))  # pass 1: each example once
+    assert not np.array_equal(indices[:20], indices[20:40])  # pass 2: another order
+    if not random_access:  # permuted within blocks of 8 consecutive examples only
+        assert sorted(indices[:8].tolist()) == list(range(8))
+    for a, b in zip(batches[7:], resumed):  # resume = the same batches, views included
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    assert np.concatenate([i.numpy() for i, _ in embedded]).tolist() == list(range(20))
+    assert len(source.labels) == 20 and set(source.labels) <= set(range(10))
+    assert os.path.exists(tmp_path / "labels_imagenette_160px_train.npy")
+
+
+def test_class_folders_without_images_are_named(tmp_path):
+    _write_image_folder(tmp_path)
+    os.makedirs(tmp_path / "train" / "emu")
+    (tmp_path / "train" / "owl").mkdir()
+    (tmp_path / "train" / "owl" / "0.png").write_bytes(b"unreadable")
+    with pytest.raises(data.DataError, match=f"folder:{tmp_path}/train: 2 of 4 class folders "
+                                             "hold no readable image: emu, owl$"):
+        data.load_source(f"folder:{tmp_path}")
+
+
+def test_missing_val_folder_is_named(tmp_path):
+    _write_image_folder(tmp_path)
+    with pytest.raises(data.DataError, match="no val/ folder next to train/"):
+        data.load_source(f"folder:{tmp_path}", "test")
+
+
+def test_fixed_subset_is_seeded_sorted_and_none_when_it_covers_everything():
+    subset = data.fixed_subset(100, 10, seed=3)
+    assert len(set(subset.tolist())) == 10 and list(subset) == sorted(subset)
+    np.testing.assert_array_equal(subset, data.fixed_subset(100, 10, seed=3))
+    assert data.fixed_subset(100, 0, seed=3) is None and data.fixed_subset(100, 100, 3) is None
+
+
+def _embedded(pipeline):
+    batches = list(pipeline)
+    return (np.concatenate([i.numpy() for i, _ in batches]),
+            np.concatenate([x.numpy() for _, x in batches]))
+
+
+@pytest.mark.parametrize("kind", ["in_memory", "files", "stream"])
+def test_embedding_pipeline_of_a_subset_yields_positions_and_those_images(kind, tmp_path,
+                                                                          monkeypatch):
+    import tensorflow_datasets as tfds
+
+    if kind == "in_memory":
+        source = data.load_source("digits", "test")
+    elif kind == "files":
+        _write_image_folder(tmp_path, per_class=5)
+        source = data.load_source(f"folder:{tmp_path}")
+    else:
+        monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)
+        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", _no_random_access)
+        with tfds.testing.mock_data(num_examples=12):
+            source = data.load_source("imagenette/160px")
+    subset = np.array([1, 4, 5, 8])
+    positions, images = _embedded(data.embedding_pipeline(source, 3, 8, subset))
+    _, everything = _embedded(data.embedding_pipeline(source, 3, 8))
+    np.testing.assert_array_equal(positions, np.arange(4))
+    np.testing.assert_allclose(images, everything[subset], atol=1e-6)
