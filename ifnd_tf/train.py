@@ -17,7 +17,16 @@ import keras
 import tensorflow as tf
 from absl import app, logging
 
-from ifnd_tf import callbacks, config, data, distribute, export, model, monitors
+from ifnd_tf import (
+    callbacks,
+    config,
+    data,
+    distribute,
+    export,
+    model,
+    monitors,
+    run_directory,
+)
 from ifnd_tf.config import FLAGS
 
 
@@ -53,15 +62,17 @@ def build_model(num_examples: int, steps_per_epoch: int, jit: bool) -> model.Mom
 def restore_latest(moco: model.MomentumContrast, run_dir: str, chief_dir: str):
     """Checkpoint manager writing into run_dir, and the epoch counter (auto-resume).
 
-    Every worker resumes from the chief's latest checkpoint, so all start from one state.
+    Every worker resumes from the chief's newest readable checkpoint, so all start from one
+    state; only the chief moves damaged checkpoints aside (run_directory.restore_newest).
     """
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=moco, optimizer=moco.optimizer, epoch=epoch)
+    latest = run_directory.restore_newest(checkpoint, os.path.join(chief_dir, "checkpoints"),
+                                          may_move=run_dir == chief_dir)
+    # After the scan, which rewrites the state file the manager reads to name what is there.
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"),
                                          max_to_keep=3)
-    latest = tf.train.latest_checkpoint(os.path.join(chief_dir, "checkpoints"))
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
         print(f"resumed from {latest} (epoch {int(epoch.numpy())})", flush=True)
     return manager, epoch
 
@@ -69,7 +80,7 @@ def restore_latest(moco: model.MomentumContrast, run_dir: str, chief_dir: str):
 def write_flags(model_dir: str) -> None:
     """flags.json of the run; a --model_dir that already holds a run must match it."""
     path = os.path.join(model_dir, "flags.json")
-    if os.path.exists(path) and tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")):
+    if os.path.exists(path) and run_directory.holds_checkpoints(os.path.join(model_dir, "checkpoints")):
         with open(path) as f:
             config.check_same_run(json.load(f))
     values = {flag.name: flag.value for flag in FLAGS.get_flags_for_module(config.__name__)}
@@ -156,7 +167,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
         run()
-    except (config.ConfigError, data.DataError, callbacks.DivergenceError) as e:
+    except (config.ConfigError, data.DataError, callbacks.DivergenceError,
+            run_directory.RunDirError) as e:
         sys.exit(f"ifnd_tf.train: error: {e}")
 
 

@@ -230,3 +230,47 @@ def test_attraction_bfloat16_and_xla_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.splitlines()[-1]
     assert "alpha: 1.0000" in last and "masked: 0.0000e+00" not in last
+
+
+def _copy_run(smoke_run, tmp_path):
+    """A copy of the finished smoke run (3 epochs, checkpoints 1..3), to damage."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run[0], copy)
+    return copy
+
+
+def test_lost_state_file_and_newest_checkpoint_resume_from_the_previous(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path)
+    checkpoints = run / "checkpoints"
+    numbers = sorted(int(p.name[5:-6]) for p in checkpoints.glob("ckpt-*.index"))
+    newest, previous = numbers[-1], numbers[-2]
+    for path in checkpoints.glob(f"ckpt-{newest}.*"):
+        path.unlink()
+    (checkpoints / "checkpoint").unlink()
+    other = _train(run, "--learning_rate=0.5")  # the flags check still sees the run
+    assert other.returncode != 0 and "--learning_rate: 0.03 -> 0.5" in other.stderr
+    result = _train(run, "--knn_every=0", "--export=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {checkpoints}/ckpt-{previous} (epoch 2)" in result.stdout
+    assert "Epoch 1/3" not in result.stdout and "Epoch 3/3" in result.stdout
+    assert [row["epoch"] for row in _metrics(run)] == [0.0, 1.0, 2.0]
+
+
+def test_damaged_newest_checkpoint_is_set_aside_and_the_run_continues(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path)
+    checkpoints = run / "checkpoints"
+    newest = tf.train.latest_checkpoint(str(checkpoints))
+    data_file = glob.glob(newest + ".data-*")[0]
+    with open(data_file, "r+b") as f:  # garble the middle of the data file
+        f.seek(os.path.getsize(data_file) // 2)
+        f.write(b"\0garbage\0" * 8)
+    result = _train(run, "--knn_every=0", "--export=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    notices = [line for line in result.stdout.splitlines() if "is damaged" in line]
+    assert len(notices) == 1 and notices[0].startswith(f"checkpoint {newest} is damaged (")
+    assert "Checksum does not match" in notices[0] and str(checkpoints / "damaged") in notices[0]
+    assert os.path.exists(checkpoints / "damaged" / os.path.basename(data_file))
+    assert "(epoch 2)" in result.stdout and "Epoch 3/3" in result.stdout
+    assert tf.train.latest_checkpoint(str(checkpoints)) == newest  # written again, whole
