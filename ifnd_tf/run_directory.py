@@ -8,17 +8,61 @@ themselves are the truth; each candidate is read completely (every tensor, which
 checksums) before the model is touched, so a truncated or garbled file never half-restores a
 model. Library code: plain arguments, errors are `RunDirError` with one line naming the file.
 """
+import fcntl
 import os
 import re
+import socket
+import time
 
 import tensorflow as tf
 
 DAMAGED = "damaged"  # sub-folder of checkpoints/ where unreadable checkpoints are moved
+LOCK_FILE = "lock"  # in the run directory: "pid <pid> host <host>" of the process writing it
+_held_locks: dict[str, int] = {}  # lock file -> open descriptor, kept for the process's life
 _INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 
 class RunDirError(ValueError):
     """The run directory cannot be used as asked; the message names the file or directory."""
+
+
+def acquire_lock(directory: str) -> str:
+    """Make directory and take its writer lock for the rest of this process's life.
+
+    fcntl.flock on run_dir/lock: the OS drops it when the process ends, however it ends, so a
+    lock file left by a dead process never blocks. A second process gets RunDirError naming the
+    holder's pid and host. The lock is the first write: an unwritable directory fails here,
+    before anything else. Returns the lock file's path.
+    """
+    path = os.path.join(directory, LOCK_FILE)
+    if os.path.realpath(path) in _held_locks:
+        return path
+    try:
+        os.makedirs(directory, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunDirError(f"cannot write the run directory {directory}: {e.strerror}") from e
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _read_holder(descriptor)
+        os.close(descriptor)
+        raise RunDirError(f"{directory} is in use by {holder} (lock {path}); wait until it "
+                          "ends, stop it, or use another --model_dir") from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"pid {os.getpid()} host {socket.gethostname()}\n".encode())
+    _held_locks[os.path.realpath(path)] = descriptor
+    return path
+
+
+def _read_holder(descriptor: int) -> str:
+    """'pid <pid> host <host>' from the lock file (the holder may be writing it just now)."""
+    for _ in range(20):
+        text = os.pread(descriptor, 256, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return "another process (pid unknown)"
 
 
 def checkpoint_numbers(checkpoint_dir: str) -> list[int]:

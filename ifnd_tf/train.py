@@ -139,7 +139,7 @@ def run() -> str | None:
                               verify_images=f.verify_images, strict=f.strict_data)
     config.validate_against_data(source.num_examples)
     run_dir = distribute.worker_dir(f.model_dir, strategy)
-    os.makedirs(run_dir, exist_ok=True)
+    run_directory.acquire_lock(run_dir)  # one writer per run directory, for the process's life
     write_flags(run_dir)
     steps = f.steps_per_epoch or source.num_examples // f.batch_size
     with strategy.scope():

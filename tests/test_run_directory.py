@@ -97,3 +97,44 @@ def test_checkpoint_of_another_model_is_named(tmp_path):
     other = tf.train.Checkpoint(value=tf.Variable([0.0, 0.0]))
     with pytest.raises(run_directory.RunDirError, match="ckpt-1 does not fit this model"):
         run_directory.restore_newest(other, str(tmp_path))
+
+
+def _holder(folder):
+    """A separate process that takes the lock of folder and sleeps; returns (process, pid)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from ifnd_tf import run_directory; "
+            "run_directory.acquire_lock(sys.argv[1]); print('held', flush=True); time.sleep(300)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=root,
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "IFND_FAST_ALLOCATOR": "0"})
+    assert process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_second_writer_is_refused_naming_pid_and_host(tmp_path):
+    import signal
+    import socket
+
+    process = _holder(tmp_path)
+    try:
+        with pytest.raises(run_directory.RunDirError) as error:
+            run_directory.acquire_lock(str(tmp_path))
+        assert str(error.value).startswith(
+            f"{tmp_path} is in use by pid {process.pid} host {socket.gethostname()} (lock ")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    # The holder died without any clean-up: its lock file stays, and does not block.
+    assert (tmp_path / "lock").read_text().startswith(f"pid {process.pid} ")
+    run_directory.acquire_lock(str(tmp_path))
+    assert (tmp_path / "lock").read_text().startswith(f"pid {os.getpid()} ")
+    run_directory.acquire_lock(str(tmp_path))  # this process already holds it: fine
+
+
+def test_unwritable_run_directory_is_one_line():
+    with pytest.raises(run_directory.RunDirError,
+                       match=r"^cannot write the run directory /sys/ifnd_run: "):
+        run_directory.acquire_lock("/sys/ifnd_run")

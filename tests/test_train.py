@@ -274,3 +274,25 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_continues(smoke_run,
     assert os.path.exists(checkpoints / "damaged" / os.path.basename(data_file))
     assert "(epoch 2)" in result.stdout and "Epoch 3/3" in result.stdout
     assert tf.train.latest_checkpoint(str(checkpoints)) == newest  # written again, whole
+
+
+def test_second_process_on_a_model_dir_is_refused_before_writing(tmp_path):
+    from tests.test_run_directory import _holder
+
+    holder = _holder(tmp_path)
+    try:
+        result = _train(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ifnd_tf.train: error: {tmp_path} is in use by pid {holder.pid} host ")
+    assert sorted(os.listdir(tmp_path)) == ["lock"]  # no flags.json, logs or checkpoints
+
+
+def test_read_only_model_dir_is_one_line(tmp_path):
+    result = _train("/sys/ifnd_run")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "ifnd_tf.train: error: cannot write the run directory /sys/ifnd_run: ")
