@@ -1,4 +1,6 @@
-"""Keras callbacks: the per-epoch pseudo-label pass (the IFND part) and checkpointing."""
+"""Keras callbacks: the per-epoch pseudo-label pass (the IFND part), the NaN guard, metrics.csv.
+
+Checkpointing is preemption.StepCheckpointer."""
 import math
 import os
 import time
@@ -107,13 +109,16 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self.epoch_logs: dict[str, float] = {}
         self.details: dict[str, float] = {}
+        self.resumed_epoch: int | None = None  # resumed mid-way: its restored table is kept
 
     def on_epoch_begin(self, epoch, logs=None):
         alpha = clustering.acceptance_rate(epoch, **self.schedule)
         self.epoch_logs, self.details = {"alpha": alpha, "clustering_seconds": 0.0}, {}
         # Nothing accepted yet: the same keys every epoch (0 = nothing detected).
         self._log_label_diagnostics(np.full(self.model.pseudo_labels.shape, -1))
-        if alpha > 0:
+        if epoch == self.resumed_epoch:  # the table the interrupted epoch trained with
+            self._log_label_diagnostics(self.model.pseudo_labels.numpy())
+        elif alpha > 0:
             self._update_pseudo_labels(epoch, alpha)
         else:
             self.model.pseudo_labels.assign(tf.fill(self.model.pseudo_labels.shape, -1))
@@ -173,19 +178,6 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-
-class CheckpointCallback(keras.callbacks.Callback):
-    """Saves model, key encoder, queue, label table, optimizer and epoch after every epoch."""
-
-    def __init__(self, manager: tf.train.CheckpointManager, epoch_counter: tf.Variable):
-        super().__init__()
-        self.manager = manager
-        self.epoch_counter = epoch_counter
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch_counter.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
 
 
 class MetricsCsv(keras.callbacks.Callback):

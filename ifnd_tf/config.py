@@ -79,6 +79,10 @@ flags.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],
                   "XLA for the train step; auto = on for exactly one GPU.")
 flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
                   "Mixed-precision policy of the encoders.")
+flags.DEFINE_integer("checkpoint_every_steps", 0,
+                     "Also checkpoint every this many steps inside an epoch (0 = at epoch ends "
+                     "only); SIGTERM / SIGINT always checkpoint the step they interrupt.")
+flags.DEFINE_integer("keep_checkpoints", 3, "Keep the newest this many checkpoints.")
 flags.DEFINE_bool("export", True, "Export the encoder as a SavedModel after training.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (2 = one line per epoch).")
 
@@ -158,6 +162,9 @@ def validate_flags(num_replicas: int) -> None:
     _check(f.image_size >= 8, f"--image_size must be >= 8, got {f.image_size}")
     _check(f.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {f.steps_per_epoch}")
     _check(f.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {f.cpu_replicas}")
+    _check(f.checkpoint_every_steps >= 0,
+           f"--checkpoint_every_steps must be >= 0, got {f.checkpoint_every_steps}")
+    _check(f.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {f.keep_checkpoints}")
     if f.ifnd:
         cluster_counts()
 

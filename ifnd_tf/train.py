@@ -25,6 +25,7 @@ from ifnd_tf import (
     export,
     model,
     monitors,
+    preemption,
     run_directory,
 )
 from ifnd_tf.config import FLAGS
@@ -60,21 +61,23 @@ def build_model(num_examples: int, steps_per_epoch: int, jit: bool) -> model.Mom
 
 
 def restore_latest(moco: model.MomentumContrast, run_dir: str, chief_dir: str):
-    """Checkpoint manager writing into run_dir, and the epoch counter (auto-resume).
+    """Checkpoint manager writing into run_dir, and the run's position (auto-resume).
 
     Every worker resumes from the chief's newest readable checkpoint, so all start from one
     state; only the chief moves damaged checkpoints aside (run_directory.restore_newest).
     """
-    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    checkpoint = tf.train.Checkpoint(model=moco, optimizer=moco.optimizer, epoch=epoch)
+    position = preemption.RunPosition(moco.metrics)
+    checkpoint = tf.train.Checkpoint(model=moco, optimizer=moco.optimizer,
+                                     **position.checkpoint_items())
     latest = run_directory.restore_newest(checkpoint, os.path.join(chief_dir, "checkpoints"),
                                           may_move=run_dir == chief_dir)
     # After the scan, which rewrites the state file the manager reads to name what is there.
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "checkpoints"),
-                                         max_to_keep=3)
+                                         max_to_keep=FLAGS.keep_checkpoints)
     if latest:
-        print(f"resumed from {latest} (epoch {int(epoch.numpy())})", flush=True)
-    return manager, epoch
+        print(f"resumed from {latest} (epoch {int(position.epoch.numpy())}, "
+              f"step {int(position.step.numpy())})", flush=True)
+    return manager, position
 
 
 def write_flags(model_dir: str) -> None:
@@ -89,11 +92,15 @@ def write_flags(model_dir: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
-                   initial_epoch: int, run_dir: str) -> list:
-    """Callbacks writing into run_dir (this worker's share of --model_dir)."""
+def make_callbacks(moco, strategy, source, manager, position, steps: int,
+                   phase: preemption.Phase, stop: preemption.StopRequest, run_dir: str) -> list:
+    """Callbacks writing into run_dir (this worker's share of --model_dir), for the fit
+    calls from `phase` (the first) on."""
     f = FLAGS
-    result = [callbacks.StopOnNonFiniteLoss(manager, steps)]
+    initial_epoch = phase.first_epoch
+    resumed_epoch = initial_epoch if phase.start_step % steps else None  # resumed mid-epoch
+    result = [callbacks.StopOnNonFiniteLoss(manager, steps),
+              preemption.ResumeMetrics(position, resumed_epoch)]
     result.insert(0, monitors.EpochTimer())  # first: the epoch time includes the clustering pass
     pictures = os.path.join(run_dir, "diagnostics")
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "diagnostics"))
@@ -105,6 +112,7 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
             f.kmeans_iterations, f.kmeans_max_points_per_centroid, true_labels=source.labels,
             log_dir=os.path.join(run_dir, "logs", "ifnd"),
             kmeans_threads=f.kmeans_threads or None, cluster_features=f.cluster_features))
+        result[-1].resumed_epoch = resumed_epoch  # its restored label table is kept
     if f.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
         try:
             test = data.load_source(f.dataset, "test", f.data_dir, f.download)
@@ -118,7 +126,8 @@ def make_callbacks(moco, strategy, source, manager, epoch_counter, steps: int,
     result += [callbacks.LearningRateLogger(),
                keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
                callbacks.MetricsCsv(os.path.join(run_dir, "metrics.csv"), initial_epoch),
-               callbacks.CheckpointCallback(manager, epoch_counter)]
+               preemption.StepCheckpointer(manager, position, steps, phase.start_step,
+                                           f.checkpoint_every_steps, stop)]
     result.append(monitors.DiagnosticsPlotter(os.path.join(run_dir, "metrics.csv"), pictures,
                                               writer))  # after metrics.csv has this epoch's row
     return result
@@ -144,17 +153,19 @@ def run() -> str | None:
     steps = f.steps_per_epoch or source.num_examples // f.batch_size
     with strategy.scope():
         moco = build_model(source.num_examples, steps, use_jit(f.jit_compile, strategy))
-        manager, epoch_counter = restore_latest(moco, run_dir, f.model_dir)
-    initial_epoch = int(epoch_counter.numpy())
-    if initial_epoch < f.epochs:
-        # The data stream is a function of (seed, step): a resumed run sees the same batches.
-        train_data = data.train_pipeline(
-            source, f.batch_size, f.image_size, f.seed, start_step=initial_epoch * steps,
-            num_steps=(f.epochs - initial_epoch) * steps)
-        moco.fit(train_data, epochs=f.epochs, initial_epoch=initial_epoch, steps_per_epoch=steps,
-                 callbacks=make_callbacks(moco, strategy, source, manager, epoch_counter, steps,
-                                          initial_epoch, run_dir),
-                 verbose=f.verbose, shuffle=False)
+        manager, position = restore_latest(moco, run_dir, f.model_dir)
+    phases = preemption.fit_phases(int(position.step.numpy()), steps, f.epochs)
+    with preemption.stop_on_signals() as stop:
+        fit_callbacks = phases and make_callbacks(moco, strategy, source, manager, position,
+                                                  steps, phases[0], stop, run_dir)
+        for phase in phases:
+            # The data stream is a function of (seed, step): a resumed run sees the same batches.
+            train_data = data.train_pipeline(source, f.batch_size, f.image_size, f.seed,
+                                             start_step=phase.start_step,
+                                             num_steps=phase.num_steps)
+            moco.fit(train_data, epochs=phase.end_epoch, initial_epoch=phase.first_epoch,
+                     steps_per_epoch=phase.steps_per_epoch, callbacks=fit_callbacks,
+                     verbose=f.verbose, shuffle=False)
     if not f.export or not distribute.is_chief(strategy):
         return None
     saved_model = export.export_encoder(moco.encoder, os.path.join(f.model_dir, "export"))
@@ -170,6 +181,9 @@ def main(argv):
     except (config.ConfigError, data.DataError, callbacks.DivergenceError,
             run_directory.RunDirError) as e:
         sys.exit(f"ifnd_tf.train: error: {e}")
+    except preemption.Preempted as e:
+        print(f"ifnd_tf.train: {e}", file=sys.stderr, flush=True)
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from ifnd_tf import preemption
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -54,7 +56,7 @@ def test_smoke_run_prints_ifnd_progress(smoke_run):
 
 def test_smoke_run_writes_checkpoints_flags_and_tensorboard(smoke_run):
     model_dir, _ = smoke_run
-    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-3")
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-12")
     flags = json.loads((model_dir / "flags.json").read_text())
     assert flags["dataset"] == "digits" and flags["epochs"] == 3
     assert {"epoch_loss", "epoch_acc", "epoch_masked", "epoch_alpha", "epoch_fn_precision",
@@ -89,7 +91,7 @@ def test_rerun_of_a_finished_run_only_exports(smoke_run):
     model_dir, _ = smoke_run
     rerun = _train(model_dir)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resumed from" in rerun.stdout and "(epoch 3)" in rerun.stdout
+    assert "resumed from" in rerun.stdout and "(epoch 3, step 12)" in rerun.stdout
     assert "Epoch " not in rerun.stdout and "exported encoder" in rerun.stdout
 
 
@@ -122,40 +124,79 @@ def _metrics(model_dir):
     return [dict(zip(header, map(float, row.split(",")))) for row in lines[1:]]
 
 
-def test_sigkill_mid_epoch_then_rerun_continues_exactly(tmp_path):
-    killed, clean = tmp_path / "killed", tmp_path / "clean"
-    longer = ("--steps_per_epoch=40", "--export=false")
+LONGER = ("--steps_per_epoch=40", "--export=false")  # 40 steps of ~0.3 s: time to interrupt
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run the interrupted ones must reproduce."""
+    model_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = _train(model_dir, *LONGER)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir
+
+
+def _interrupt(model_dir, appears: str, sig, *extra):
+    """Start a LONGER run, send `sig` once checkpoints/<appears> exists; the finished process."""
     command = [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
-               f"--model_dir={killed}", *longer]
+               f"--model_dir={model_dir}", *LONGER, *extra]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    first = killed / "checkpoints" / "ckpt-1.index"
+                               stderr=subprocess.PIPE, text=True)
+    mark = model_dir / "checkpoints" / appears
     deadline = time.monotonic() + 300
-    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not mark.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # into epoch 2
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
-    assert latest.endswith(("ckpt-1", "ckpt-2")), latest  # died before the run finished
+    process.send_signal(sig)
+    process.stderr_text = process.communicate()[1]
+    return process
 
-    resumed = _train(killed, *longer)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {latest}" in resumed.stdout
-    uninterrupted = _train(clean, *longer)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
 
-    got, want = _metrics(killed), _metrics(clean)
+def _assert_same_run(got_dir, want_dir):
+    got, want = _metrics(got_dir), _metrics(want_dir)
     assert [row["epoch"] for row in got] == [0.0, 1.0, 2.0]
     for a, b in zip(got, want):
         for key in ("loss", "acc", "masked", "alpha", "fn_precision"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (key, a, b)
-    a, b = _restore(killed), _restore(clean)
+    a, b = _restore(got_dir), _restore(want_dir)
     np.testing.assert_array_equal(a.queue_ids.numpy(), b.queue_ids.numpy())
     np.testing.assert_array_equal(a.pseudo_labels.numpy(), b.pseudo_labels.numpy())
     np.testing.assert_allclose(a.queue_keys.numpy(), b.queue_keys.numpy(), atol=1e-4)
     for x, y in zip(a.encoder.weights, b.encoder.weights):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_sigkill_mid_epoch_then_rerun_continues_exactly(tmp_path, uninterrupted):
+    killed = tmp_path / "killed"
+    # SIGKILL right after the first epoch's checkpoint: into epoch 2 (or its clustering pass).
+    process = _interrupt(killed, "ckpt-40.index", signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    assert latest.endswith(("ckpt-40", "ckpt-80")), latest  # died before the run finished
+
+    resumed = _train(killed, *LONGER)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {latest}" in resumed.stdout
+    _assert_same_run(killed, uninterrupted)
+
+
+def test_sigterm_checkpoints_the_step_and_resumes_mid_epoch_exactly(tmp_path, uninterrupted):
+    stopped = tmp_path / "stopped"
+    # Every 10 steps too; SIGTERM once step 50 is saved: stops at most a few steps later, in epoch 2.
+    process = _interrupt(stopped, "ckpt-50.index", signal.SIGTERM, "--checkpoint_every_steps=10")
+    assert process.returncode == preemption.PREEMPTED_EXIT_CODE == 75, process.stderr_text[-3000:]
+    last = process.stderr_text.strip().splitlines()[-1]
+    step = int(last.split("after step ")[1].split(";")[0])
+    assert 50 <= step < 80, last
+    assert last == (f"ifnd_tf.train: stopped by SIGTERM after step {step}; checkpoint "
+                    f"{stopped}/checkpoints/ckpt-{step} written; run the same command to resume")
+    assert [row["epoch"] for row in _metrics(stopped)] == [0.0]  # epoch 2 was not finished
+
+    resumed = _train(stopped, *LONGER)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {stopped}/checkpoints/ckpt-{step} (epoch 1, step {step})" in \
+        resumed.stdout
+    assert "IFND epoch 2: alpha=0.5, clustering_seconds=0," in resumed.stdout  # table restored
+    _assert_same_run(stopped, uninterrupted)
 
 
 def test_train_keys_run_clusters_the_keys_training_wrote(tmp_path):
@@ -253,7 +294,7 @@ def test_lost_state_file_and_newest_checkpoint_resume_from_the_previous(smoke_ru
     assert other.returncode != 0 and "--learning_rate: 0.03 -> 0.5" in other.stderr
     result = _train(run, "--knn_every=0", "--export=false")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resumed from {checkpoints}/ckpt-{previous} (epoch 2)" in result.stdout
+    assert f"resumed from {checkpoints}/ckpt-{previous} (epoch 2, step 8)" in result.stdout
     assert "Epoch 1/3" not in result.stdout and "Epoch 3/3" in result.stdout
     assert [row["epoch"] for row in _metrics(run)] == [0.0, 1.0, 2.0]
 
@@ -272,7 +313,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_continues(smoke_run,
     assert len(notices) == 1 and notices[0].startswith(f"checkpoint {newest} is damaged (")
     assert "Checksum does not match" in notices[0] and str(checkpoints / "damaged") in notices[0]
     assert os.path.exists(checkpoints / "damaged" / os.path.basename(data_file))
-    assert "(epoch 2)" in result.stdout and "Epoch 3/3" in result.stdout
+    assert "(epoch 2, step 8)" in result.stdout and "Epoch 3/3" in result.stdout
     assert tf.train.latest_checkpoint(str(checkpoints)) == newest  # written again, whole
 
 
