@@ -83,6 +83,12 @@ flags.DEFINE_integer("checkpoint_every_steps", 0,
                      "Also checkpoint every this many steps inside an epoch (0 = at epoch ends "
                      "only); SIGTERM / SIGINT always checkpoint the step they interrupt.")
 flags.DEFINE_integer("keep_checkpoints", 3, "Keep the newest this many checkpoints.")
+flags.DEFINE_integer("collapse_steps", 50,
+                     "Stop when the embedding has collapsed for this many steps in a row "
+                     "(0 = never): key spread below --collapse_spread (ifnd_tf/collapse.py).")
+flags.DEFINE_float("collapse_spread", 0.05,
+                   "Key spread (sqrt(1 - mean pairwise cosine) of a key batch) below which a "
+                   "step counts as collapsed; spread-out unit keys have about 1.")
 flags.DEFINE_bool("export", True, "Export the encoder as a SavedModel after training.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (2 = one line per epoch).")
 
@@ -164,6 +170,8 @@ def validate_flags(num_replicas: int) -> None:
     _check(f.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {f.cpu_replicas}")
     _check(f.checkpoint_every_steps >= 0,
            f"--checkpoint_every_steps must be >= 0, got {f.checkpoint_every_steps}")
+    _check(f.collapse_steps >= 0, f"--collapse_steps must be >= 0, got {f.collapse_steps}")
+    _check(0 <= f.collapse_spread < 1, f"--collapse_spread must be in [0, 1), got {f.collapse_spread}")
     _check(f.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {f.keep_checkpoints}")
     if f.ifnd:
         cluster_counts()

@@ -142,11 +142,13 @@ class MomentumContrast(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="acc")
         self.masked_tracker = keras.metrics.Mean(name="masked")
+        self.spread_tracker = keras.metrics.Mean(name="key_spread")  # collapse watch
         self.built = True  # both encoders are built functional models; no symbolic build needed
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker, self.masked_tracker]
+        return [self.loss_tracker, self.accuracy_tracker, self.masked_tracker,
+                self.spread_tracker]
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Skip Keras' symbolic build: encoders, optimizer and metrics are built already.
@@ -235,7 +237,12 @@ class MomentumContrast(keras.Model):
         self.loss_tracker.update_state(loss)
         self.accuracy_tracker.update_state(losses.contrastive_accuracy(logits))
         self.masked_tracker.update_state(tf.reduce_mean(tf.reduce_sum(tf.cast(fn_mask, tf.float32), 1)))
+        spread = losses.key_spread(all_keys)
+        self.spread_tracker.update_state(spread)
         results = {m.name: m.result() for m in self.metrics}
+        # Batch callbacks (collapse.StopOnCollapse) see this step's spread; the epoch logs are
+        # the trackers' means (Keras takes them when the keys match the metric names).
+        results["key_spread"] = spread
         if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Keras 3.15 averages results across workers with reduce(..., axis=0), which needs
             # an axis to reduce; a length-1 axis gives back the scalar.

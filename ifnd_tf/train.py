@@ -19,6 +19,7 @@ from absl import app, logging
 
 from ifnd_tf import (
     callbacks,
+    collapse,
     config,
     data,
     distribute,
@@ -99,8 +100,15 @@ def make_callbacks(moco, strategy, source, manager, position, steps: int,
     f = FLAGS
     initial_epoch = phase.first_epoch
     resumed_epoch = initial_epoch if phase.start_step % steps else None  # resumed mid-epoch
+    saver = preemption.StepCheckpointer(manager, position, steps, phase.start_step,
+                                        f.checkpoint_every_steps, stop)
     result = [callbacks.StopOnNonFiniteLoss(manager, steps),
               preemption.ResumeMetrics(position, resumed_epoch)]
+    if f.collapse_steps:  # with the NaN guard, before the saver; no saves while collapsing
+        watch = collapse.StopOnCollapse(manager, f.collapse_spread, f.collapse_steps,
+                                        phase.start_step)
+        result.append(watch)
+        saver.hold = lambda: watch.collapsing
     result.insert(0, monitors.EpochTimer())  # first: the epoch time includes the clustering pass
     pictures = os.path.join(run_dir, "diagnostics")
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "diagnostics"))
@@ -126,8 +134,7 @@ def make_callbacks(moco, strategy, source, manager, position, steps: int,
     result += [callbacks.LearningRateLogger(),
                keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
                callbacks.MetricsCsv(os.path.join(run_dir, "metrics.csv"), initial_epoch),
-               preemption.StepCheckpointer(manager, position, steps, phase.start_step,
-                                           f.checkpoint_every_steps, stop)]
+               saver]
     result.append(monitors.DiagnosticsPlotter(os.path.join(run_dir, "metrics.csv"), pictures,
                                               writer))  # after metrics.csv has this epoch's row
     return result

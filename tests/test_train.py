@@ -337,3 +337,17 @@ def test_read_only_model_dir_is_one_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(
         "ifnd_tf.train: error: cannot write the run directory /sys/ifnd_run: ")
+
+
+def test_collapsed_embedding_stops_with_the_last_good_checkpoint(tmp_path):
+    # lr 30: the keys collapse within a few steps while the loss stays finite (about 5.5).
+    result = _train(tmp_path, "--learning_rate=30", "--collapse_steps=4",
+                    "--checkpoint_every_steps=1", "--knn_every=0")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ifnd_tf.train: error: the embedding collapsed: key spread "), last
+    first_bad = int(last.split("(steps ")[1].split("-")[0])
+    kept = f"{tmp_path}/checkpoints/ckpt-{first_bad - 1}"
+    assert f"last good checkpoint kept: {kept} " in last
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == kept  # none after it
+    assert not (tmp_path / "export").exists()
