@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import augment
+from ifnd_tf import augment, fingerprint
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
@@ -36,6 +36,7 @@ class Source:
     labels: np.ndarray | None  # true labels: diagnostics and evaluation only
     num_classes: int | None
     in_memory: bool  # equal-size images held in memory: `read` takes a batch of indices
+    fingerprint: dict | None = None  # fingerprint.of_arrays / of_files: recorded with a run
 
     @property
     def examples(self) -> tf.data.Dataset:
@@ -51,7 +52,7 @@ def _from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None) -> So
     pixels = tf.constant(images)
     num_classes = int(labels.max()) + 1 if labels is not None else None
     return Source(name, lambda i: tf.gather(pixels, i), len(images), labels, num_classes,
-                  in_memory=True)
+                  in_memory=True, fingerprint=fingerprint.of_arrays(images))
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -177,7 +178,7 @@ def _image_folder(root: str, split: str, verify: bool, strict: bool) -> Source:
                                   expand_animations=False)
 
     return Source(f"folder:{root}", read, len(paths), np.asarray(labels, np.int64),
-                  len(classes), in_memory=False)
+                  len(classes), in_memory=False, fingerprint=fingerprint.of_files(paths, root))
 
 
 def load_source(dataset: str, split: str = "train", data_dir: str | None = None,

@@ -9,6 +9,7 @@ checksums) before the model is touched, so a truncated or garbled file never hal
 model. Library code: plain arguments, errors are `RunDirError` with one line naming the file.
 """
 import fcntl
+import json
 import os
 import re
 import socket
@@ -16,7 +17,10 @@ import time
 
 import tensorflow as tf
 
+from ifnd_tf import fingerprint
+
 DAMAGED = "damaged"  # sub-folder of checkpoints/ where unreadable checkpoints are moved
+DATASET_FILE = "dataset.json"  # the training set's fingerprint (fingerprint.py)
 LOCK_FILE = "lock"  # in the run directory: "pid <pid> host <host>" of the process writing it
 _held_locks: dict[str, int] = {}  # lock file -> open descriptor, kept for the process's life
 _INDEX = re.compile(r"^ckpt-(\d+)\.index$")
@@ -160,3 +164,21 @@ def restore_newest(checkpoint: tf.train.Checkpoint, checkpoint_dir: str, may_mov
         raise RunDirError(f"checkpoint {prefix} does not fit this model ({str(e).splitlines()[0]}); "
                           "it was written with other flags or data") from e
     return prefix
+
+
+def check_dataset(directory: str, dataset: str, current: dict | None) -> None:
+    """Record the training set's fingerprint in directory/dataset.json; once the directory
+    holds checkpoints, refuse (RunDirError, saying what changed) to go on with other data."""
+    if current is None:
+        return
+    path = os.path.join(directory, DATASET_FILE)
+    if os.path.exists(path) and holds_checkpoints(os.path.join(directory, "checkpoints")):
+        with open(path) as f:
+            change = fingerprint.describe_change(json.load(f), current)
+        if change:
+            raise RunDirError(f"--dataset={dataset} is not the data this run was trained on "
+                              f"({change}; recorded in {path}): put the data back, or use a "
+                              "new --model_dir")
+    with open(path + ".tmp", "w") as f:
+        json.dump(current, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)

@@ -156,6 +156,7 @@ def run() -> str | None:
     config.validate_against_data(source.num_examples)
     run_dir = distribute.worker_dir(f.model_dir, strategy)
     run_directory.acquire_lock(run_dir)  # one writer per run directory, for the process's life
+    run_directory.check_dataset(run_dir, f.dataset, source.fingerprint)
     write_flags(run_dir)
     steps = f.steps_per_epoch or source.num_examples // f.batch_size
     with strategy.scope():

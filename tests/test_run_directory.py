@@ -138,3 +138,17 @@ def test_unwritable_run_directory_is_one_line():
     with pytest.raises(run_directory.RunDirError,
                        match=r"^cannot write the run directory /sys/ifnd_run: "):
         run_directory.acquire_lock("/sys/ifnd_run")
+
+
+def test_dataset_check_refuses_other_data_only_once_checkpointed(tmp_path):
+    first = {"examples": 10, "kind": "arrays", "sha256": "a"}
+    other = {"examples": 11, "kind": "arrays", "sha256": "b"}
+    run_directory.check_dataset(str(tmp_path), "digits", first)
+    run_directory.check_dataset(str(tmp_path), "digits", other)  # no checkpoint yet: recorded
+    _saved_run(tmp_path / "checkpoints", count=1)
+    run_directory.check_dataset(str(tmp_path), "digits", other)  # the same data: fine
+    with pytest.raises(run_directory.RunDirError) as error:
+        run_directory.check_dataset(str(tmp_path), "digits", first)
+    assert str(error.value) == (
+        "--dataset=digits is not the data this run was trained on (11 -> 10 examples; recorded "
+        f"in {tmp_path}/dataset.json): put the data back, or use a new --model_dir")

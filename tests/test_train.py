@@ -351,3 +351,28 @@ def test_collapsed_embedding_stops_with_the_last_good_checkpoint(tmp_path):
     assert f"last good checkpoint kept: {kept} " in last
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == kept  # none after it
     assert not (tmp_path / "export").exists()
+
+
+def test_resume_on_changed_data_is_refused_saying_what_changed(tmp_path):
+    from tests.test_data import _write_image_folder
+
+    images, run = tmp_path / "images", tmp_path / "run"
+    _write_image_folder(images, classes=("a", "b", "c", "d"), per_class=20, size=(16, 16))
+    folder = (f"--dataset=folder:{images}", "--num_clusters=2,3", "--epochs=2", "--knn_every=0",
+              "--export=false")
+    first = _train(run, *folder)
+    assert first.returncode == 0, first.stderr[-3000:]
+    extra = images / "train" / "a" / "extra.png"
+    extra.write_bytes((images / "train" / "a" / "0.png").read_bytes())
+    added = _train(run, *folder)
+    assert added.returncode != 0
+    assert added.stderr.strip().splitlines()[-1] == (
+        f"ifnd_tf.train: error: --dataset=folder:{images} is not the data this run was trained "
+        f"on (80 -> 81 examples; recorded in {run}/dataset.json): put the data back, or use a "
+        "new --model_dir")
+    extra.unlink()
+    (images / "train" / "b" / "3.png").rename(images / "train" / "b" / "renamed.png")
+    swapped = _train(run, *folder)
+    assert swapped.returncode != 0
+    assert "(the same 80 examples, but their file names or sizes differ;" in swapped.stderr
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-8")  # untouched
