@@ -4,6 +4,9 @@ Checks that need the dataset (k larger than the dataset, queue vs dataset size) 
 `validate_against_data`, called once the dataset is loaded. Each failure is one line that names
 the flag.
 """
+import json
+import os
+
 from absl import flags
 
 from ifnd_tf import callbacks, clustering, distribute, losses, model
@@ -145,6 +148,20 @@ def cluster_counts() -> list[int]:
     return ks
 
 
+def validate_strategy_flags() -> None:
+    """Before the strategy is made: multi_worker needs TF_CONFIG (without it TF builds a
+    one-worker strategy that failed at the first batch, after flags.json and logs/ were written)."""
+    if FLAGS.strategy != "multi_worker":
+        return
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster")
+    except (ValueError, AttributeError):
+        cluster = None
+    _check(bool(cluster), "--strategy=multi_worker needs the TF_CONFIG environment variable with "
+                          "the cluster and this worker's task (README, several machines); on one "
+                          "machine use --strategy=mirrored")
+
+
 def validate_flags(num_replicas: int) -> None:
     """Static checks of the flag values, before any data is read."""
     f = FLAGS
@@ -159,6 +176,9 @@ def validate_flags(num_replicas: int) -> None:
            f"--key_bn_splits={f.key_bn_splits} must divide the per-replica batch {local_batch}")
     _check(0.0 <= f.alpha_start <= 1.0, f"--alpha_start must be in [0, 1], got {f.alpha_start}")
     _check(0.0 <= f.alpha_end <= 1.0, f"--alpha_end must be in [0, 1], got {f.alpha_end}")
+    _check(f.alpha_end >= f.alpha_start,  # IFND's acceptance only grows (BUILD_NOTES, issue 15)
+           f"--alpha_end={f.alpha_end} is below --alpha_start={f.alpha_start}: the acceptance "
+           "rate must not decrease (equal values give a constant rate)")
     _check(0 <= f.warmup_epochs < f.epochs or not f.ifnd,
            f"--warmup_epochs={f.warmup_epochs} must be in [0, --epochs={f.epochs})")
     _check(f.temperature > 0, f"--temperature must be > 0, got {f.temperature}")

@@ -162,6 +162,9 @@ def _image_folder(root: str, split: str, verify: bool, strict: bool) -> Source:
     split_dir = {"train": "train", "test": "val"}[split]
     if os.path.isdir(os.path.join(root, split_dir)):
         root = os.path.join(root, split_dir)
+    elif split == "test" and os.path.isdir(os.path.join(root, "train")):
+        raise DataError(f"--dataset=folder:{root}: no val/ folder beside train/ (the test split "
+                        "that evaluation uses)")
     if not os.path.isdir(root):
         raise DataError(f"--dataset=folder:{root}: no such folder")
     classes, paths, labels = _list_class_folders(root)

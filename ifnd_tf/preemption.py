@@ -15,13 +15,22 @@ whatever kind it is (epoch end, every N steps, pre-emption).
 """
 import contextlib
 import dataclasses
+import re
 import signal
 
 import keras
 import tensorflow as tf
 
+from ifnd_tf import run_directory
+
 # EX_TEMPFAIL (sysexits.h): a temporary failure, try again. Distinct from 0 (done) and 1 (error).
 PREEMPTED_EXIT_CODE = 75
+
+
+def _os_reason(error: Exception) -> str:
+    """The first line of a write error without TF's op decoration ({{function_node ..}}, [Op:..])."""
+    line = str(error).strip().splitlines()[0]
+    return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$", "", line)
 
 
 class Preempted(Exception):
@@ -173,7 +182,13 @@ class StepCheckpointer(keras.callbacks.Callback):
         if self.hold():
             return
         self.position.record(self.step, self.steps_per_epoch)
-        self.manager.save(checkpoint_number=self.step)
+        try:
+            self.manager.save(checkpoint_number=self.step)
+        except (tf.errors.OpError, OSError) as e:  # full disk, quota, read-only, ...
+            # The state file still names the previous checkpoint; resume scans verify files.
+            raise run_directory.RunDirError(
+                f"cannot write checkpoint {self.manager.directory}/ckpt-{self.step}: "
+                f"{_os_reason(e)}; the previous checkpoints are kept") from e
 
     def _stop_if_requested(self) -> None:
         if self.stop.signal_name:

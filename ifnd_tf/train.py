@@ -143,6 +143,7 @@ def make_callbacks(moco, strategy, source, manager, position, steps: int,
 def run() -> str | None:
     """Train (or resume) and export; returns the SavedModel directory if exported."""
     f = FLAGS
+    config.validate_strategy_flags()
     strategy = distribute.make_strategy(f.cpu_replicas, f.strategy, f.tpu)
     config.validate_flags(strategy.num_replicas_in_sync)
     config.validate_eval_flags()  # before anything is written into --model_dir
@@ -187,7 +188,7 @@ def main(argv):
     try:
         run()
     except (config.ConfigError, data.DataError, callbacks.DivergenceError,
-            run_directory.RunDirError) as e:
+            run_directory.RunDirError, OSError) as e:  # OSError: e.g. a full disk, names the file
         sys.exit(f"ifnd_tf.train: error: {e}")
     except preemption.Preempted as e:
         print(f"ifnd_tf.train: {e}", file=sys.stderr, flush=True)

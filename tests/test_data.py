@@ -122,6 +122,14 @@ def test_image_folder_in_imagenet_layout(tmp_path):
     assert images.shape == (6, 16, 16, 3)
 
 
+def test_folder_without_val_names_it_for_the_test_split(tmp_path):
+    _write_image_folder(tmp_path)
+    with pytest.raises(data.DataError) as error:
+        data.load_source(f"folder:{tmp_path}", "test")
+    assert str(error.value) == (f"--dataset=folder:{tmp_path}: no val/ folder beside train/ "
+                                "(the test split that evaluation uses)")
+
+
 def test_empty_image_folder_is_a_clear_error(tmp_path):
     os.makedirs(tmp_path / "train" / "cat")
     with pytest.raises(data.DataError, match="no readable images in class sub-folders"):

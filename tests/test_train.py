@@ -243,13 +243,19 @@ def test_two_replica_run(tmp_path):
     ("--queue_size=100", "--queue_size=100 must be a positive multiple of --batch_size=64"),
     ("--num_clusters=10,5000", "--num_clusters: k=[5000] larger than the dataset (1437 examples)"),
     ("--dataset=folder:/nonexistent", "--dataset=folder:/nonexistent: no such folder"),
+    ("--alpha_start=0.8", ("--alpha_end=0.0 is below --alpha_start=0.8: the acceptance rate "
+                           "must not decrease (equal values give a constant rate)")),
+    ("--strategy=multi_worker", ("--strategy=multi_worker needs the TF_CONFIG environment "
+                                 "variable with the cluster and this worker's task (README, "
+                                 "several machines); on one machine use --strategy=mirrored")),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, flag, message):
-    result = _train(tmp_path, flag)
+    extra = ("--alpha_end=0",) if flag.startswith("--alpha") else ()
+    result = _train(tmp_path / "run", flag, *extra)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"ifnd_tf.train: error: {message}"
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 def test_missing_fashion_mnist_tells_how_to_install(tmp_path):
@@ -376,3 +382,23 @@ def test_resume_on_changed_data_is_refused_saying_what_changed(tmp_path):
     assert swapped.returncode != 0
     assert "(the same 80 examples, but their file names or sizes differ;" in swapped.stderr
     assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-8")  # untouched
+
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_latest(tmp_path):
+    import resource
+
+    def small_files_only():  # a write past 200 kB fails (EFBIG) like a full disk (ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    command = [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
+               f"--model_dir={tmp_path}", "--knn_every=0"]
+    result = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, preexec_fn=small_files_only)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ifnd_tf.train: error: cannot write checkpoint {tmp_path}/checkpoints/"
+                           "ckpt-4: "), last
+    assert last.endswith("File too large; the previous checkpoints are kept"), last
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is None
+    assert not glob.glob(str(tmp_path / "checkpoints" / "*.index"))
