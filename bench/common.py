@@ -129,6 +129,33 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence]) ->
         print("| " + " | ".join(cell(v) for v in row) + " |")
 
 
+def cpu_info() -> dict:
+    """CPU model and the vector extensions that decide TF's kernels (AVX2 vs AVX-512 / AMX are
+    ~6x apart per step): every result names the CPU kind it was measured on."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    vector = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+              if f in flags]
+    return {"model": model, "vector_flags": vector,
+            "kind": "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "other")}
+
+
+def allocator() -> str:
+    """The malloc this process runs on (ifnd_tf/runtime.py preloads tcmalloc)."""
+    from ifnd_tf import runtime
+
+    return runtime.loaded_allocator() or "system (glibc)"
+
+
 def write_json(name: str, payload: dict) -> str:
     """bench/results/<name>.json with the command and the machine, for the notes."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
@@ -138,8 +165,12 @@ def write_json(name: str, payload: dict) -> str:
     meta = {"command": " ".join(["python -m", module, *sys.argv[1:]]),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "python": platform.python_version(), "tensorflow": tf.__version__}}
+                        "python": platform.python_version(), "tensorflow": tf.__version__,
+                        "cpu": cpu_info(), "allocator": allocator()}}
     with open(path, "w") as f:
         json.dump({**meta, **payload}, f, indent=2, sort_keys=True)
-    print(f"\nwrote {path}")
+    cpu = meta["machine"]["cpu"]
+    print(f"\nCPU: {cpu['model']} ({cpu['kind']}: {' '.join(cpu['vector_flags'])}); "
+          f"allocator: {meta['machine']['allocator']}")
+    print(f"wrote {path}")
     return path

@@ -29,8 +29,10 @@ flags.DEFINE_float("width_multiplier", 1.0, "Channel width multiplier of the bac
 flags.DEFINE_integer("embedding_dim", 128, "Output size of the projection head.")
 flags.DEFINE_bool("sync_bn", True, "Synchronise BatchNorm statistics across replicas.")
 flags.DEFINE_integer("key_bn_splits", 4,
-                     "Shuffle-BN on one replica: normalise the shuffled key batch in this many "
-                     "groups (1 = off). Must divide the per-replica batch.")
+                     "Shuffle-BN: the global key batch is shuffled across replicas and normalised "
+                     "in this many groups, key_bn_splits / replicas on each replica, never "
+                     "synchronised (1 = off: the key encoder's BN follows --sync_bn). A multiple "
+                     "of the replicas; groups of at least 8 keys.")
 
 # MoCo v2
 flags.DEFINE_integer("epochs", 10, "Training epochs.")
@@ -79,7 +81,8 @@ flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu
 flags.DEFINE_integer("cpu_replicas", 1,
                      "Without GPUs: split the CPU into this many logical devices (MirroredStrategy).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],
-                  "XLA for the train step; auto = on for exactly one GPU.")
+                  "XLA for the train step: on needs one replica and --deterministic=false; "
+                  "auto = on for exactly one GPU with --deterministic=false.")
 flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
                   "Mixed-precision policy of the encoders.")
 flags.DEFINE_integer("checkpoint_every_steps", 0,
@@ -171,9 +174,15 @@ def validate_flags(num_replicas: int) -> None:
            f"--batch_size={f.batch_size} must be a multiple of the {num_replicas} replicas")
     _check(f.queue_size > 0 and f.queue_size % f.batch_size == 0,
            f"--queue_size={f.queue_size} must be a positive multiple of --batch_size={f.batch_size}")
-    local_batch = f.batch_size // num_replicas
-    _check(f.key_bn_splits >= 1 and local_batch % f.key_bn_splits == 0,
-           f"--key_bn_splits={f.key_bn_splits} must divide the per-replica batch {local_batch}")
+    _check(f.key_bn_splits >= 1 and f.batch_size % f.key_bn_splits == 0,
+           f"--key_bn_splits={f.key_bn_splits} must divide --batch_size={f.batch_size}")
+    _check(f.key_bn_splits == 1 or f.key_bn_splits % num_replicas == 0,
+           f"--key_bn_splits={f.key_bn_splits} must be 1 or a multiple of the {num_replicas} "
+           f"replicas (each replica normalises key_bn_splits / replicas groups of keys)")
+    _check(f.key_bn_splits == 1 or f.batch_size // f.key_bn_splits >= model.MIN_KEY_BN_GROUP,
+           f"--key_bn_splits={f.key_bn_splits} makes shuffle-BN groups of "
+           f"{f.batch_size // f.key_bn_splits} keys; use groups of at least "
+           f"{model.MIN_KEY_BN_GROUP} (--batch_size / --key_bn_splits)")
     _check(0.0 <= f.alpha_start <= 1.0, f"--alpha_start must be in [0, 1], got {f.alpha_start}")
     _check(0.0 <= f.alpha_end <= 1.0, f"--alpha_end must be in [0, 1], got {f.alpha_end}")
     _check(f.alpha_end >= f.alpha_start,  # IFND's acceptance only grows (BUILD_NOTES, issue 15)
@@ -193,6 +202,14 @@ def validate_flags(num_replicas: int) -> None:
     _check(f.collapse_steps >= 0, f"--collapse_steps must be >= 0, got {f.collapse_steps}")
     _check(0 <= f.collapse_spread < 1, f"--collapse_spread must be in [0, 1), got {f.collapse_spread}")
     _check(f.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {f.keep_checkpoints}")
+    # XLA (docs/design.md "XLA"): Keras silently drops jit_compile under op determinism, and
+    # MirroredStrategy's compiled replica functions read other devices' variables in TF 2.21.
+    _check(f.jit_compile != "on" or not f.deterministic,
+           "--jit_compile=on needs --deterministic=false: Keras does not compile a step under "
+           "TF op determinism")
+    _check(f.jit_compile != "on" or num_replicas == 1,
+           f"--jit_compile=on needs one replica, got {num_replicas}: XLA cannot compile the "
+           "MirroredStrategy step in TF 2.21 (replica variables on other devices)")
     if f.ifnd:
         cluster_counts()
 

@@ -87,3 +87,11 @@ def key_spread(keys: tf.Tensor) -> tf.Tensor:
     """
     centre = tf.reduce_mean(tf.cast(keys, tf.float32), axis=0)
     return tf.sqrt(tf.maximum(1.0 - tf.reduce_sum(tf.square(centre)), 0.0))
+
+
+def weight_decay_loss(variables, weight_decay: float) -> tf.Tensor:
+    """0.5 * weight_decay * sum of squared weights, in float32, added to the loss inside the
+    tape (as simclr's tf2 code does): its gradient weight_decay * w then goes through the same
+    loss scaling as the rest, so float16 training decays exactly as float32 does."""
+    return 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
+                                          for v in variables])

@@ -16,79 +16,149 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _batch_norm(sync_bn: bool, name: str) -> keras.layers.Layer:
-    # synchronized=True keeps moving statistics identical across replicas (plain BN drifts).
-    return keras.layers.BatchNormalization(synchronized=sync_bn, momentum=0.9, epsilon=1e-5,
-                                           name=name)
+@keras.saving.register_keras_serializable(package="ifnd_tf")
+class GroupedBatchNormalization(keras.layers.BatchNormalization):
+    """The key encoder's BatchNorm: in training it normalises each of `groups` equal slices of
+    the replica's batch with that slice's own statistics, never synchronised across replicas:
+    shuffle-BN (each replica normalises its own slice of the shuffled keys, as MoCo's GPUs do)
+    in ONE forward pass (one forward per group was the ResNet-18 step's largest avoidable cost on
+    CPU, docs/design.md "Shuffle-BN"). The moving statistics take the mean of the group
+    statistics over groups and replicas, so replicas stay identical. Inference is plain BN.
+    """
+
+    def __init__(self, groups: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = groups
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None:
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)  # as Keras' BN: statistics in float32
+        grouped = tf.reshape(x, tf.concat([[self.groups, -1], tf.shape(x)[1:]], 0))
+        axes = list(range(1, len(x.shape)))  # all but the group and channel axes
+        mean, variance = tf.nn.moments(grouped, axes, keepdims=True)
+        self._update_moving_statistics(tf.reshape(tf.reduce_mean(mean, 0), [-1]),
+                                       tf.reshape(tf.reduce_mean(variance, 0), [-1]))
+        scale = tf.math.rsqrt(variance + self.epsilon)
+        if self.scale:
+            scale *= tf.cast(self.gamma, tf.float32)
+        shift = -mean * scale
+        if self.center:
+            shift += tf.cast(self.beta, tf.float32)
+        out = tf.reshape(grouped * scale + shift, tf.shape(x))
+        return tf.cast(out, self.compute_dtype)
+
+    def _update_moving_statistics(self, mean: tf.Tensor, variance: tf.Tensor) -> None:
+        """Averaged over replicas too, so every replica keeps the same moving statistics (the
+        clustering pass runs the key encoder in inference mode on all of them)."""
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            mean, variance = replica.all_reduce(tf.distribute.ReduceOp.MEAN, [mean, variance])
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
+        self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups}
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, sync_bn: bool, name: str, relu=True):
+def batch_norm_factory(sync_bn: bool = True,
+                       groups: int | None = None) -> Callable[[str], keras.layers.Layer]:
+    """The BatchNorm every conv of an encoder gets: synchronised across replicas (plain BN's
+    moving statistics drift apart), or, given groups, grouped and local (key shuffle-BN)."""
+    def make(name: str) -> keras.layers.Layer:
+        if groups is not None:
+            return GroupedBatchNormalization(groups, momentum=0.9, epsilon=1e-5, name=name)
+        return keras.layers.BatchNormalization(synchronized=sync_bn, momentum=0.9, epsilon=1e-5,
+                                               name=name)
+    return make
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, norm, name: str, relu=True):
     x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False,
                             kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = _batch_norm(sync_bn, f"{name}_bn")(x)
+    x = norm(f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def _basic_block(x, filters: int, stride: int, sync_bn: bool, name: str):
+def _basic_block(x, filters: int, stride: int, norm, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = _conv_bn(x, filters, 1, stride, sync_bn, f"{name}_proj", relu=False)
-    x = _conv_bn(x, filters, 3, stride, sync_bn, f"{name}_a")
-    x = _conv_bn(x, filters, 3, 1, sync_bn, f"{name}_b", relu=False)
+        shortcut = _conv_bn(x, filters, 1, stride, norm, f"{name}_proj", relu=False)
+    x = _conv_bn(x, filters, 3, stride, norm, f"{name}_a")
+    x = _conv_bn(x, filters, 3, 1, norm, f"{name}_b", relu=False)
     return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
 
 
-def _bottleneck_block(x, filters: int, stride: int, sync_bn: bool, name: str):
+def _bottleneck_block(x, filters: int, stride: int, norm, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != 4 * filters:
-        shortcut = _conv_bn(x, 4 * filters, 1, stride, sync_bn, f"{name}_proj", relu=False)
-    x = _conv_bn(x, filters, 1, 1, sync_bn, f"{name}_a")
-    x = _conv_bn(x, filters, 3, stride, sync_bn, f"{name}_b")
-    x = _conv_bn(x, 4 * filters, 1, 1, sync_bn, f"{name}_c", relu=False)
+        shortcut = _conv_bn(x, 4 * filters, 1, stride, norm, f"{name}_proj", relu=False)
+    x = _conv_bn(x, filters, 1, 1, norm, f"{name}_a")
+    x = _conv_bn(x, filters, 3, stride, norm, f"{name}_b")
+    x = _conv_bn(x, 4 * filters, 1, 1, norm, f"{name}_c", relu=False)
     return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([x, shortcut]))
 
 
-def _resnet(x, block: Callable, blocks_per_stage: tuple, width: float, sync_bn: bool):
+def _resnet(x, block: Callable, blocks_per_stage: tuple, width: float, norm):
     for stage, num_blocks in enumerate(blocks_per_stage):
         filters = max(int(64 * width * 2**stage), 8)
         for b in range(num_blocks):
             stride = 2 if (stage > 0 and b == 0) else 1
-            x = block(x, filters, stride, sync_bn, f"stage{stage + 1}_block{b + 1}")
+            x = block(x, filters, stride, norm, f"stage{stage + 1}_block{b + 1}")
     return x
 
 
-def small_convnet(x, width: float, sync_bn: bool):
+def small_convnet(x, width: float, norm):
     """Four conv-BN-ReLU layers: the fast backbone for CPU demos and tests."""
     for i, filters in enumerate((32, 64, 128, 256)):
-        x = _conv_bn(x, max(int(filters * width), 8), 3, 1 if i == 0 else 2, sync_bn, f"conv{i + 1}")
+        x = _conv_bn(x, max(int(filters * width), 8), 3, 1 if i == 0 else 2, norm, f"conv{i + 1}")
     return x
 
 
-def resnet18_cifar(x, width: float, sync_bn: bool):
+def resnet18_cifar(x, width: float, norm):
     """ResNet-18 with a 3x3 stride-1 stem and no max-pool (small images: CIFAR, STL)."""
-    x = _conv_bn(x, max(int(64 * width), 8), 3, 1, sync_bn, "stem")
-    return _resnet(x, _basic_block, (2, 2, 2, 2), width, sync_bn)
+    x = _conv_bn(x, max(int(64 * width), 8), 3, 1, norm, "stem")
+    return _resnet(x, _basic_block, (2, 2, 2, 2), width, norm)
 
 
-def resnet50(x, width: float, sync_bn: bool):
+def resnet50(x, width: float, norm):
     """ResNet-50 with the ImageNet 7x7 stride-2 stem and max-pool."""
-    x = _conv_bn(x, max(int(64 * width), 8), 7, 2, sync_bn, "stem")
+    x = _conv_bn(x, max(int(64 * width), 8), 7, 2, norm, "stem")
     x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
-    return _resnet(x, _bottleneck_block, (3, 4, 6, 3), width, sync_bn)
+    return _resnet(x, _bottleneck_block, (3, 4, 6, 3), width, norm)
+
+
+MIN_KEY_BN_GROUP = 8  # images per shuffle-BN group: fewer make BN statistics mostly noise
+
+
+def key_bn_groups(key_bn_splits: int, num_replicas: int) -> int | None:
+    """BatchNorm groups per replica of the key encoder: the global key batch is normalised in
+    key_bn_splits groups, key_bn_splits / num_replicas on each replica (None: no shuffle-BN)."""
+    if key_bn_splits == 1:
+        return None
+    assert key_bn_splits % num_replicas == 0, (
+        f"key_bn_splits={key_bn_splits} must be a multiple of the {num_replicas} replicas")
+    return key_bn_splits // num_replicas
 
 
 BACKBONES = {"small": small_convnet, "resnet18_cifar": resnet18_cifar, "resnet50": resnet50}
 
 
 def build_encoder(backbone: str, image_size: int, width_multiplier: float = 1.0,
-                  embedding_dim: int = 128, sync_bn: bool = True) -> keras.Model:
-    """Backbone + MoCo v2 head (Linear-ReLU-Linear), outputs {"features", "embedding"}."""
+                  embedding_dim: int = 128, sync_bn: bool = True,
+                  bn_groups: int | None = None) -> keras.Model:
+    """Backbone + MoCo v2 head (Linear-ReLU-Linear), outputs {"features", "embedding"}.
+
+    bn_groups builds a key encoder for shuffle-BN: its BatchNorm normalises that many slices of
+    each replica's (shuffled) batch separately in training (`key_bn_groups`).
+    """
     if backbone not in BACKBONES:
         raise ValueError(f"--backbone must be one of {sorted(BACKBONES)}, got {backbone!r}")
     images = keras.Input((image_size, image_size, 3), name="images")
     x = keras.layers.Normalization(mean=IMAGENET_MEAN, variance=[s**2 for s in IMAGENET_STD],
                                    name="normalize")(images)
-    x = BACKBONES[backbone](x, width_multiplier, sync_bn)
+    x = BACKBONES[backbone](x, width_multiplier, batch_norm_factory(sync_bn, bn_groups))
     features = keras.layers.GlobalAveragePooling2D(name="features")(x)
     hidden = keras.layers.Dense(features.shape[-1], activation="relu", name="head_hidden")(features)
     projected = keras.layers.Dense(embedding_dim, name="head_out")(hidden)
@@ -120,6 +190,12 @@ class MomentumContrast(keras.Model):
         self.momentum = momentum
         self.fn_strategy = fn_strategy
         self.key_bn_splits = key_bn_splits
+        groups = {layer.groups for layer in key_encoder.layers
+                  if isinstance(layer, GroupedBatchNormalization)}
+        expected = key_bn_groups(key_bn_splits, tf.distribute.get_strategy().num_replicas_in_sync)
+        assert groups == ({expected} if expected else set()), (
+            f"key_bn_splits={key_bn_splits} needs a key encoder built with bn_groups={expected}, "
+            f"got BatchNorm groups {sorted(groups) or None}")
         self.weight_decay = weight_decay
         self.seed = seed
         dim = encoder.output["embedding"].shape[-1]
@@ -173,21 +249,32 @@ class MomentumContrast(keras.Model):
             key_var.assign(m * key_var + (1.0 - m) * tf.cast(query_var, key_var.dtype))
 
     def momentum_keys(self, images: tf.Tensor, step: tf.Tensor | int = 0) -> tf.Tensor:
-        """Key embeddings with BN in training mode and no gradient.
+        """Key embeddings of this replica's images, BN in training mode, no gradient.
 
-        With key_bn_splits > 1 the batch is shuffled and normalised in groups (shuffle-BN on one
-        replica), so a query and its key never share BN statistics: no BN shortcut. The shuffle
-        is a stateless function of (seed, step): a resumed run shuffles as an uninterrupted one.
+        With key_bn_splits > 1 (shuffle-BN, as MoCo's batch_shuffle_ddp): the global key batch
+        is gathered and permuted, each replica embeds its slice of the permutation with local
+        BN in key_bn_splits / replicas groups, and the keys are gathered and un-permuted. A
+        query and its key thus never share BN statistics: no BN shortcut. The permutation is a
+        stateless function of (seed, step), the same on every replica, so a resumed run
+        shuffles as an uninterrupted one.
         """
         if self.key_bn_splits == 1:
             keys = self.key_encoder(images, training=True)["embedding"]
-        else:
-            seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
-            order = tf.argsort(tf.random.stateless_uniform([tf.shape(images)[0]], seed))
-            groups = tf.split(tf.gather(images, order), self.key_bn_splits)
-            shuffled = tf.concat([self.key_encoder(g, training=True)["embedding"] for g in groups], 0)
-            keys = tf.gather(shuffled, tf.math.invert_permutation(order))
-        return tf.stop_gradient(tf.cast(keys, tf.float32))
+            return tf.stop_gradient(tf.cast(keys, tf.float32))
+        replica = tf.distribute.get_replica_context()
+        several = replica.num_replicas_in_sync > 1
+        everything = replica.all_gather(images, axis=0) if several else images
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
+        order = tf.argsort(tf.random.stateless_uniform([tf.shape(everything)[0]], seed))
+        local = tf.shape(images)[0]
+        first = tf.cast(replica.replica_id_in_sync_group, tf.int32) * local
+        shuffled = self.key_encoder(tf.gather(everything, order[first:first + local]),
+                                    training=True)["embedding"]
+        shuffled = tf.cast(shuffled, tf.float32)
+        if several:
+            shuffled = replica.all_gather(shuffled, axis=0)
+        keys = tf.gather(shuffled, tf.math.invert_permutation(order))[first:first + local]
+        return tf.stop_gradient(keys)
 
     def queue_labels(self) -> tf.Tensor:
         """Current pseudo-labels [levels, queue] of the queue entries (-1 for empty slots)."""
@@ -219,11 +306,10 @@ class MomentumContrast(keras.Model):
             query = tf.cast(self.encoder(view_q, training=True)["embedding"], tf.float32)
             logits = losses.contrastive_logits(query, keys, self.queue_keys, self.temperature)
             loss = tf.reduce_mean(losses.ifnd_loss(logits, fn_mask, self.fn_strategy))
+            total = loss + losses.weight_decay_loss(variables, self.weight_decay)
             # Gradients are summed over replicas: scale so the step matches one big batch.
-            scaled = self.optimizer.scale_loss(loss / replica.num_replicas_in_sync)
+            scaled = self.optimizer.scale_loss(total / replica.num_replicas_in_sync)
         grads = tape.gradient(scaled, variables)
-        decay = self.weight_decay / replica.num_replicas_in_sync
-        grads = [g + decay * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
         # int32: an int64 all_gather fails under MultiWorkerMirroredStrategy.
         ids = replica.all_gather(tf.cast(index, tf.int32), axis=0)

@@ -13,6 +13,7 @@ Importing `ifnd_tf` changes nothing; only the entry points (and the test suite) 
 import glob
 import os
 import sys
+from collections.abc import Callable
 
 SWITCH = "IFND_FAST_ALLOCATOR"
 LIBRARY_OVERRIDE = "IFND_TCMALLOC"
@@ -43,10 +44,11 @@ def loaded_allocator() -> str | None:
     return None
 
 
-def use_fast_allocator() -> None:
+def use_fast_allocator(before_exec: Callable[[], None] | None = None) -> None:
     """Re-execute this command with tcmalloc preloaded, once, when it is present and not loaded.
 
     Prints one line to stderr when the library is missing. Off with IFND_FAST_ALLOCATOR=0.
+    `before_exec` runs just before the re-exec (pytest: give the terminal back first).
     """
     if not sys.platform.startswith("linux") or os.environ.get(SWITCH, "1") == "0":
         return
@@ -60,6 +62,8 @@ def use_fast_allocator() -> None:
         return
     preload = ":".join(p for p in (path, os.environ.get("LD_PRELOAD")) if p)
     env = {**os.environ, "LD_PRELOAD": preload, _REEXECUTED: "1"}
+    if before_exec is not None:
+        before_exec()
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -32,18 +32,32 @@ from ifnd_tf import (
 from ifnd_tf.config import FLAGS
 
 
-def use_jit(mode: str, strategy: tf.distribute.Strategy) -> bool:
-    """XLA fails with several replicas (DESIGN.md) and was no faster on CPU: auto = one GPU."""
+def use_jit(mode: str, strategy: tf.distribute.Strategy, deterministic: bool) -> bool:
+    """XLA for the step: `on` (validated: one replica, no op determinism), or `auto` = exactly
+    one GPU without determinism (XLA was not faster on CPU; docs/design.md "XLA")."""
     if mode == "auto":
-        return strategy.num_replicas_in_sync == 1 and bool(tf.config.list_physical_devices("GPU"))
+        return (strategy.num_replicas_in_sync == 1 and not deterministic
+                and bool(tf.config.list_physical_devices("GPU")))
     return mode == "on"
+
+
+def describe_step(moco: model.MomentumContrast, mode: str) -> str:
+    """One start-up line saying whether the step really is XLA-compiled (Keras may refuse)."""
+    if moco.jit_compile:
+        return "train step: XLA-compiled"
+    why = {"off": "--jit_compile=off", "on": "Keras declined to compile this model"}.get(
+        mode, "--jit_compile=auto compiles only on exactly one GPU with --deterministic=false")
+    return f"train step: not XLA-compiled ({why})"
 
 
 def build_model(num_examples: int, steps_per_epoch: int, jit: bool) -> model.MomentumContrast:
     """Encoders, MoCo model and SGD with linear-scaled lr and cosine decay (call in scope)."""
     f = FLAGS
+    key_groups = model.key_bn_groups(f.key_bn_splits,
+                                     tf.distribute.get_strategy().num_replicas_in_sync)
     encoders = [model.build_encoder(f.backbone, f.image_size, f.width_multiplier,
-                                    f.embedding_dim, f.sync_bn) for _ in range(2)]
+                                    f.embedding_dim, f.sync_bn, bn_groups=groups)
+                for groups in (None, key_groups)]  # query, key (shuffle-BN groups)
     moco = model.MomentumContrast(
         encoders[0], encoders[1], num_examples, queue_size=f.queue_size,
         num_levels=len(config.cluster_counts()) if f.ifnd else 1, temperature=f.temperature,
@@ -161,8 +175,10 @@ def run() -> str | None:
     write_flags(run_dir)
     steps = f.steps_per_epoch or source.num_examples // f.batch_size
     with strategy.scope():
-        moco = build_model(source.num_examples, steps, use_jit(f.jit_compile, strategy))
+        moco = build_model(source.num_examples, steps,
+                           use_jit(f.jit_compile, strategy, f.deterministic))
         manager, position = restore_latest(moco, run_dir, f.model_dir)
+    print(describe_step(moco, f.jit_compile), flush=True)
     phases = preemption.fit_phases(int(position.step.numpy()), steps, f.epochs)
     with preemption.stop_on_signals() as stop:
         fit_callbacks = phases and make_callbacks(moco, strategy, source, manager, position,

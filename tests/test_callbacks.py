@@ -8,7 +8,8 @@ from ifnd_tf import callbacks, data, diagnostics, model
 
 def _digits_moco(strategy, source, levels, remember_keys=False):
     with strategy.scope():
-        encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=16) for _ in range(2)]
+        encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=16, bn_groups=g)
+                    for g in (None, model.key_bn_groups(2, strategy.num_replicas_in_sync))]
         moco = model.MomentumContrast(encoders[0], encoders[1], source.num_examples,
                                       queue_size=64, num_levels=levels, key_bn_splits=2,
                                       remember_keys=remember_keys)

@@ -10,6 +10,7 @@ from ifnd_tf import config
     ({"alpha_start": -0.1}, "--alpha_start must be in \\[0, 1\\]"),
     ({"warmup_epochs": 10, "epochs": 10}, "--warmup_epochs=10 must be in \\[0, --epochs=10\\)"),
     ({"key_bn_splits": 3, "batch_size": 64, "queue_size": 128}, "--key_bn_splits=3 must divide"),
+    ({"key_bn_splits": 16, "batch_size": 64, "queue_size": 128}, "groups of 4 keys"),
     ({"num_clusters": ["10", "x"]}, "--num_clusters must be integers"),
     ({"num_clusters": ["1"]}, "--num_clusters: each k must be >= 2"),
     ({"temperature": 0.0}, "--temperature must be > 0"),
@@ -32,3 +33,10 @@ def test_k_larger_than_dataset_is_rejected_before_training():
         with pytest.raises(config.ConfigError, match="--num_clusters: k=\\[5000\\] larger than the dataset"):
             config.validate_against_data(num_examples=1437)
         config.validate_against_data(num_examples=6000)
+
+
+def test_key_bn_splits_must_spread_evenly_over_replicas():
+    with flagsaver.flagsaver(batch_size=96, queue_size=96 * 4, key_bn_splits=3), \
+            pytest.raises(config.ConfigError, match="--key_bn_splits=3 must be 1 or a multiple "
+                                                     "of the 2 replicas"):
+        config.validate_flags(num_replicas=2)

@@ -106,3 +106,13 @@ def test_key_spread_is_zero_for_identical_keys_and_one_for_opposite_pairs():
     assert losses.key_spread(opposite).numpy() == pytest.approx(1.0)
     half = tf.constant([[1.0, 0.0], [0.0, 1.0]])  # mean cosine 0.5 (self-pairs included)
     assert losses.key_spread(half).numpy() == pytest.approx(np.sqrt(0.5))
+
+
+def test_weight_decay_loss_has_gradient_decay_times_weight():
+    weights = [tf.Variable([[1.0, -2.0]]), tf.Variable([3.0])]
+    with tf.GradientTape() as tape:
+        value = losses.weight_decay_loss(weights, 0.1)
+    np.testing.assert_allclose(value.numpy(), 0.5 * 0.1 * (1 + 4 + 9))
+    grads = tape.gradient(value, weights)
+    np.testing.assert_allclose(grads[0].numpy(), [[0.1, -0.2]])
+    np.testing.assert_allclose(grads[1].numpy(), [0.3])

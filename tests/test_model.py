@@ -7,7 +7,10 @@ from ifnd_tf import callbacks, data, model
 
 
 def _moco(num_examples=64, queue_size=8, levels=1, momentum=0.9, **kwargs):
-    encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4) for _ in range(2)]
+    groups = model.key_bn_groups(kwargs.get("key_bn_splits", 1),
+                                 tf.distribute.get_strategy().num_replicas_in_sync)
+    encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4, bn_groups=g)
+                for g in (None, groups)]
     moco = model.MomentumContrast(encoders[0], encoders[1], num_examples, queue_size=queue_size,
                                   num_levels=levels, momentum=momentum, **kwargs)
     moco.copy_query_to_key_encoder()
@@ -175,3 +178,100 @@ def test_two_replicas_stay_identical(two_replicas):
     # Both replicas' halves of the last two batches are in the table, at their indices.
     table, ids = moco.train_keys.numpy(), moco.queue_ids.numpy()
     np.testing.assert_array_equal(table[ids], moco.queue_keys.numpy())
+
+
+def test_grouped_batch_norm_equals_separate_forwards_per_group():
+    """One forward with grouped BN = the split forwards it replaces: per-group statistics,
+    moving statistics updated by the mean of the groups' statistics."""
+    images = tf.random.uniform([8, 16, 16, 3], seed=3)
+    grouped = model.build_encoder("small", 16, 0.25, embedding_dim=4, bn_groups=4)
+    split = model.build_encoder("small", 16, 0.25, embedding_dim=4)
+    split.set_weights(grouped.get_weights())
+    out = grouped(images, training=True)["embedding"].numpy()
+    parts = [split(g, training=True)["embedding"].numpy() for g in tf.split(images, 4)]
+    np.testing.assert_allclose(out, np.concatenate(parts), atol=2e-5)
+    # Moving statistics: one update with the groups' mean statistics (momentum 0.9).
+    layer = grouped.get_layer("conv1_bn")
+    first = split.get_layer("conv1_conv")(split.get_layer("normalize")(images)).numpy()
+    mean = first.reshape(4, 2, 16, 16, -1).mean(axis=(1, 2, 3)).mean(0)
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.1 * mean, atol=1e-5)
+    # Inference ignores the groups.
+    np.testing.assert_allclose(grouped(images[:3])["embedding"].numpy(),
+                               grouped(images)["embedding"].numpy()[:3], atol=1e-5)
+
+
+def test_momentum_contrast_refuses_a_key_encoder_without_matching_groups():
+    encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4) for _ in range(2)]
+    with pytest.raises(AssertionError, match="built with bn_groups=2"):
+        model.MomentumContrast(encoders[0], encoders[1], 64, queue_size=8, key_bn_splits=2)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_decay_only_step_is_the_same_under_float16_loss_scaling(policy, monkeypatch):
+    """With the contrastive gradient zeroed, one SGD step is w <- w (1 - lr wd) in float32 and
+    under float16 loss scaling alike (decay added after the scaled gradient was 2^15 x weaker)."""
+    monkeypatch.setattr(model.losses, "ifnd_loss",
+                        lambda logits, mask, strategy: 0.0 * tf.reduce_sum(logits, axis=1))
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        moco = _moco(weight_decay=0.01)
+        optimizer = keras.optimizers.SGD(0.1)
+        if policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        moco.compile(optimizer=optimizer)
+        optimizer.build(moco.encoder.trainable_variables)
+        before = [v.numpy() for v in moco.encoder.trainable_variables]
+        moco.fit(_one_step_data(), epochs=1, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for b, v in zip(before, moco.encoder.trainable_variables):
+        np.testing.assert_allclose(v.numpy(), b * (1 - 0.1 * 0.01), rtol=1e-5, atol=1e-7,
+                                   err_msg=v.path)
+
+
+def test_shuffle_bn_across_two_replicas_normalises_the_permuted_global_batch(two_replicas):
+    """Each replica normalises its slice of the (seed, step) permutation of the global key batch
+    in key_bn_splits / replicas local groups; keys come back in their images' order."""
+    batch, splits, step = 16, 4, 3
+    with two_replicas.scope():
+        images = keras.Input((4, 4, 1))
+        normalised = model.GroupedBatchNormalization(
+            model.key_bn_groups(splits, 2), center=False, scale=False, epsilon=0.0)(images)
+        probe = keras.Model(images, {"embedding": keras.layers.GlobalAveragePooling2D()(normalised)})
+        encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=4) for _ in range(2)]
+        moco = model.MomentumContrast(encoders[0], probe, 64, queue_size=16, key_bn_splits=splits)
+    values = np.random.default_rng(0).permutation(batch).astype(np.float32)  # image i is constant
+    pixels = tf.constant(np.broadcast_to(values[:, None, None, None], (batch, 4, 4, 1)).copy())
+    shares = two_replicas.experimental_distribute_values_from_function(
+        lambda ctx: pixels[ctx.replica_id_in_sync_group * 8:][:8])
+    keys = two_replicas.gather(two_replicas.run(moco.momentum_keys, args=(shares, step)), 0)
+    order = tf.argsort(tf.random.stateless_uniform([batch], tf.constant([0, step], tf.int64)))
+    groups = np.split(order.numpy(), splits)
+    expected = np.zeros(batch, np.float32)
+    for group in groups:
+        expected[group] = (values[group] - values[group].mean()) / values[group].std()
+    np.testing.assert_allclose(keys.numpy()[:, 0], expected, rtol=1e-4, atol=1e-4)
+    # The permutation mixes replicas: some group holds keys of both replicas' query slices.
+    assert any(len({int(i) // 8 for i in group}) == 2 for group in groups)
+
+
+def test_xla_compiled_steps_match_uncompiled_steps():
+    """Three steps of the same data under XLA and without: same loss and weights (tolerance)."""
+    from tensorflow.python.framework.config import is_op_determinism_enabled
+
+    assert not is_op_determinism_enabled()  # Keras would skip XLA (as it says in trainer.py)
+    models = []
+    for jit in (False, True):
+        moco = _moco(num_examples=8, queue_size=8, key_bn_splits=1)
+        moco.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=jit)
+        moco.optimizer.build(moco.encoder.trainable_variables)
+        if models:
+            moco.set_weights(models[0].get_weights())
+        models.append(moco)
+    batch = next(iter(_one_step_data()))  # the same three batches for both
+    data = tf.data.Dataset.from_tensors(batch).repeat(3)
+    histories = [m.fit(data, epochs=1, verbose=0).history for m in models]
+    assert models[1].jit_compile and not models[0].jit_compile
+    np.testing.assert_allclose(histories[1]["loss"], histories[0]["loss"], rtol=1e-4)
+    for a, b in zip(models[0].encoder.get_weights(), models[1].encoder.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)

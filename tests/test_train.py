@@ -249,6 +249,8 @@ def test_two_replica_run(tmp_path):
                                  "variable with the cluster and this worker's task (README, "
                                  "several machines); on one machine use --strategy=mirrored")),
 ])
+
+
 def test_bad_input_is_one_clear_line(tmp_path, flag, message):
     extra = ("--alpha_end=0",) if flag.startswith("--alpha") else ()
     result = _train(tmp_path / "run", flag, *extra)
@@ -271,10 +273,19 @@ def test_plain_moco_baseline_masks_nothing(tmp_path):
     assert "masked: 0.0000e+00" in result.stdout.splitlines()[-1]
 
 
-def test_attraction_bfloat16_and_xla_run(tmp_path):
-    result = _train(tmp_path, "--fn_strategy=attraction", "--mixed_precision=bfloat16",
-                    "--jit_compile=on", "--epochs=2", "--export=false")
+def test_attraction_bfloat16_and_xla_run_and_really_compile(tmp_path):
+    """XLA proven by its own dump of the compiled modules, not by an accepted flag."""
+    dump = tmp_path / "xla_dump"
+    command = [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
+               f"--model_dir={tmp_path / 'run'}", "--fn_strategy=attraction",
+               "--mixed_precision=bfloat16", "--jit_compile=on", "--deterministic=false",
+               "--epochs=2", "--export=false"]
+    result = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "XLA_FLAGS": f"--xla_dump_to={dump}"})
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "train step: XLA-compiled" in result.stdout
+    assert any("multi_step_on_iterator" in name or "one_step_on_data" in name
+               for name in os.listdir(dump)), sorted(os.listdir(dump))[:10]
     last = result.stdout.splitlines()[-1]
     assert "alpha: 1.0000" in last and "masked: 0.0000e+00" not in last
 
@@ -402,3 +413,21 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_latest(tmp_path):
     assert last.endswith("File too large; the previous checkpoints are kept"), last
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is None
     assert not glob.glob(str(tmp_path / "checkpoints" / "*.index"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--jit_compile=on"], "--jit_compile=on needs --deterministic=false"),
+    (["--jit_compile=on", "--deterministic=false", "--cpu_replicas=2"],
+     "--jit_compile=on needs one replica, got 2"),
+])
+
+
+def test_xla_that_cannot_run_is_refused_in_one_line(tmp_path, extra, message):
+    result = _train(tmp_path, *extra)
+    assert result.returncode != 0 and message in result.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(tmp_path / "flags.json")
+
+
+def test_start_up_says_the_step_is_not_compiled(smoke_run):
+    _, result = smoke_run
+    assert "train step: not XLA-compiled (--jit_compile=auto" in result.stdout
