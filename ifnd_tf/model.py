@@ -166,6 +166,53 @@ def build_encoder(backbone: str, image_size: int, width_multiplier: float = 1.0,
     return keras.Model(images, {"features": features, "embedding": embedding}, name="encoder")
 
 
+class _Passthrough(keras.layers.Layer):
+    """Stands where a BatchNorm was once it is folded into the convolution before it."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+
+def _without_batch_norm(layer: keras.layers.Layer) -> keras.layers.Layer:
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return _Passthrough(name=layer.name)
+    config = layer.get_config()
+    if isinstance(layer, keras.layers.Conv2D):
+        config["use_bias"] = True
+    return layer.__class__.from_config(config)
+
+
+class FoldedEncoder:
+    """An inference-only copy of an encoder with each BatchNorm folded into its convolution.
+
+    Inference BN is an affine map per channel, so conv -> BN equals one conv with scaled
+    kernel and a bias; TF then runs conv + bias + ReLU as one fused kernel. The embedding passes
+    (clustering, kNN monitor, probes) ran 1.23-1.33x faster on a 2-core AVX2 CPU
+    (docs/results.md); outputs agree to float rounding. `refresh()` re-folds the current
+    weights of the source encoder (call it before each pass: training changes them).
+    """
+
+    def __init__(self, encoder: keras.Model):
+        self.source = encoder
+        self.model = keras.models.clone_model(encoder, clone_function=_without_batch_norm)
+        self.refresh()
+
+    def refresh(self) -> None:
+        for layer in self.model.layers:
+            source = self.source.get_layer(layer.name)
+            if isinstance(layer, keras.layers.Conv2D) and layer.name.endswith("_conv"):
+                bn = self.source.get_layer(layer.name[:-len("_conv")] + "_bn")
+                scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
+                layer.kernel.assign(source.kernel * scale)
+                layer.bias.assign(bn.beta - bn.moving_mean * scale)
+            elif layer.weights and not isinstance(layer, _Passthrough):
+                for target, value in zip(layer.weights, source.weights):
+                    target.assign(value)
+
+    def __call__(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.model(images, training=False)
+
+
 def _random_unit_rows(shape, dtype=None):
     return tf.math.l2_normalize(tf.random.normal(shape, dtype=dtype or "float32"), axis=1)
 
