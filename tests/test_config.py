@@ -58,3 +58,4 @@ def test_run_config_defaults_with_changes_need_no_command_line():
     assert cfg.num_levels == 1 and cfg.backbone == config.FLAGS["backbone"].default
     assert cfg.acceptance_schedule().alpha(3) == pytest.approx(0.5)
     assert cfg.kmeans().threads is None  # --kmeans_threads=0: the libraries' default
+
