@@ -19,9 +19,9 @@ import os
 import statistics
 
 from bench import common
-from ifnd_tf import callbacks, compare, monitors
+from ifnd_tf import callbacks, compare, pseudo_labels
 
-MODES = (callbacks.CENTER_VIEW, callbacks.TRAIN_KEYS)
+MODES = (pseudo_labels.CENTER_VIEW, pseudo_labels.TRAIN_KEYS)
 
 
 def summarize(history: list[dict]) -> dict:
@@ -37,11 +37,11 @@ def summarize(history: list[dict]) -> dict:
 def train_or_read(flagfile: str, mode: str, seed: int, epochs: int, run_dir: str) -> dict:
     """Train one mode and seed unless its metrics.csv is complete; its summary."""
     metrics_csv = os.path.join(run_dir, "metrics.csv")
-    if not (os.path.exists(metrics_csv) and len(monitors.read_metrics(metrics_csv)) == epochs):
+    if not (os.path.exists(metrics_csv) and len(callbacks.read_metrics(metrics_csv)) == epochs):
         compare.run_step("ifnd_tf.train", [
             f"--flagfile={flagfile}", f"--model_dir={run_dir}", f"--cluster_features={mode}",
             f"--seed={seed}", f"--epochs={epochs}", f"--knn_every={epochs}", "--export=false"])
-    return summarize(monitors.read_metrics(metrics_csv))
+    return summarize(callbacks.read_metrics(metrics_csv))
 
 
 def main() -> None:

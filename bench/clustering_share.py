@@ -1,6 +1,6 @@
 """Share of the per-epoch clustering pass (embedding + every k-means level) in an epoch.
 
-The pass is what `callbacks.PseudoLabelCallback` runs at each epoch start, for both
+The pass is what `pseudo_labels.PseudoLabelCallback` runs at each epoch start, for both
 --cluster_features: center_view = the key encoder embeds the whole training set
 (`DatasetEmbedder`); train_keys = the keys training wrote into the model's table are read
 back. Then `hierarchical_pseudo_labels` fits and assigns every level. The epoch's training
@@ -25,9 +25,10 @@ import tensorflow as tf
 import threadpoolctl
 
 from bench import common
-from ifnd_tf import callbacks, clustering, data, diagnostics
+from ifnd_tf import clustering, data, diagnostics, pseudo_labels
+from ifnd_tf.embedding import DatasetEmbedder
 
-FEATURES = (callbacks.CENTER_VIEW, callbacks.TRAIN_KEYS)
+FEATURES = (pseudo_labels.CENTER_VIEW, pseudo_labels.TRAIN_KEYS)
 
 # dataset -> (backbone, image size, width, batch, key_bn_splits): the demo and the CIFAR config.
 SETUPS = {"fashion_mnist": ("small", 28, 0.5, 256, 4),
@@ -82,7 +83,7 @@ def embed_runner(moco, source: data.Source, embed_batch: int, image_size: int, s
     (with a subset: its embeddings resampled to N rows with noise).
     """
     part = source if not subset else synthetic_source(subset, image_size, seed=1)
-    embedder = callbacks.DatasetEmbedder(moco.key_encoder, strategy,
+    embedder = DatasetEmbedder(moco.key_encoder, strategy,
                                          data.embedding_pipeline(part, embed_batch, image_size),
                                          part.num_examples)
     embeddings = embedder()  # traces
@@ -144,7 +145,7 @@ def main() -> None:
     source = synthetic_source(50_000, image_size) if cifar else data.load_source(args.dataset)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     models = {features: common.build_moco(
-        common.model_flags(backbone, image_size, batch, width, splits, cluster_features=features),
+        common.model_config(backbone, image_size, batch, width, splits, cluster_features=features),
         False, strategy, source.num_examples) for features in FEATURES}
     for moco in models.values():
         common.fill_pseudo_labels(moco, KS)
@@ -152,16 +153,16 @@ def main() -> None:
 
     runners = {f: fit_runner(moco, source, batch, image_size, steps) for f, moco in models.items()}
     timed_parts = {f"fit {f}": fit for f, (fit, _) in runners.items()}
-    embed, fraction, embeddings = embed_runner(models[callbacks.CENTER_VIEW], source,
+    embed, fraction, embeddings = embed_runner(models[pseudo_labels.CENTER_VIEW], source,
                                                args.embed_batch, image_size, subset, strategy)
-    table = models[callbacks.TRAIN_KEYS].train_keys
+    table = models[pseudo_labels.TRAIN_KEYS].train_keys
     timed_parts |= {"embed": embed, "read train_keys": table.numpy}
     # Training and the embedding pass alternate, so load from other work hits both alike.
     timed = common.alternate(timed_parts, args.rounds)
     step_s = {f: step_seconds for f, (_, step_seconds) in runners.items()}
     epoch_s = {f: statistics.median(s) * steps_per_epoch for f, s in step_s.items()}
-    features_s = {callbacks.CENTER_VIEW: statistics.median(timed["embed"]) / fraction,
-                  callbacks.TRAIN_KEYS: statistics.median(timed["read train_keys"])}
+    features_s = {pseudo_labels.CENTER_VIEW: statistics.median(timed["embed"]) / fraction,
+                  pseudo_labels.TRAIN_KEYS: statistics.median(timed["read train_keys"])}
     labels, _ = clustering.hierarchical_pseudo_labels(embeddings, KS, 1.0, "faiss", 0)
     start = time.perf_counter()
     diagnostics.label_quality(labels, source.labels, list(KS))

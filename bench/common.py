@@ -1,4 +1,4 @@
-"""Shared benchmark plumbing: flag setup, model building, alternating timing, table + JSON.
+"""Shared benchmark plumbing: model building from a RunConfig, alternating timing, table + JSON.
 
 Variants are timed in alternating rounds in one process so that load from other work on the
 machine hits all of them alike; only ratios of medians from one run are meant to be compared.
@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import callbacks, config, train
+from ifnd_tf import builder, config, pseudo_labels
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 NUM_EXAMPLES = 50_000  # size of the index space of synthetic batches (CIFAR-size)
@@ -27,34 +27,28 @@ def set_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-def parse_train_flags(**values) -> None:
-    """Set ifnd_tf's absl flags so `train.build_model` builds exactly what training builds."""
-    config.FLAGS([sys.argv[0]] + [f"--{name}={value}" for name, value in values.items()])
+def model_config(backbone: str, image_size: int, batch_size: int, width: float = 1.0,
+                 key_bn_splits: int = 4, mixed_precision: str = "off",
+                 cluster_features: str = pseudo_labels.CENTER_VIEW) -> config.RunConfig:
+    """The run config of a benchmarked model (demo / CIFAR values otherwise)."""
+    return config.RunConfig.defaults(
+        backbone=backbone, image_size=image_size, batch_size=batch_size, width_multiplier=width,
+        key_bn_splits=key_bn_splits, queue_size=4096, num_clusters=(10, 20, 50),
+        moco_momentum=0.99, learning_rate=0.06, weight_decay=5e-4, epochs=10,
+        mixed_precision=mixed_precision, cluster_features=cluster_features)
 
 
-def model_flags(backbone: str, image_size: int, batch_size: int, width: float = 1.0,
-                key_bn_splits: int = 4, mixed_precision: str = "off",
-                cluster_features: str = callbacks.CENTER_VIEW) -> dict:
-    """The run-defining flags of a benchmarked model (demo / CIFAR values otherwise)."""
-    return {"backbone": backbone, "image_size": image_size, "batch_size": batch_size,
-            "width_multiplier": width, "key_bn_splits": key_bn_splits, "queue_size": 4096,
-            "num_clusters": "10,20,50", "moco_momentum": 0.99, "learning_rate": 0.06,
-            "weight_decay": 5e-4, "epochs": 10, "mixed_precision": mixed_precision,
-            "cluster_features": cluster_features}
-
-
-def build_moco(flags: dict, jit: bool, strategy: tf.distribute.Strategy, num_examples: int,
-               steps_per_epoch: int = 100):
-    """A compiled MomentumContrast as `ifnd_tf.train` builds it, under its mixed-precision policy."""
+def build_moco(cfg: config.RunConfig, jit: bool, strategy: tf.distribute.Strategy,
+               num_examples: int, steps_per_epoch: int = 100):
+    """A compiled MomentumContrast as `ifnd_tf.train` builds it, under its precision policy."""
     import keras
 
-    parse_train_flags(**flags)
     policy = keras.mixed_precision.global_policy()
-    if flags.get("mixed_precision", "off") != "off":
-        keras.mixed_precision.set_global_policy(f"mixed_{flags['mixed_precision']}")
+    if cfg.mixed_precision != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{cfg.mixed_precision}")
     try:
         with strategy.scope():
-            return train.build_model(num_examples, steps_per_epoch, jit)
+            return builder.build_model(cfg, num_examples, steps_per_epoch, jit)
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
@@ -88,13 +82,7 @@ def fill_pseudo_labels(moco, ks: Sequence[int], seed: int = 0) -> None:
     """Every example labelled at every level (alpha = 1): the largest realistic mask."""
     rng = np.random.default_rng(seed)
     levels, n = moco.pseudo_labels.shape
-    moco.pseudo_labels.assign(np.stack([rng.integers(0, ks[i], n) for i in range(levels)])
-                              .astype(np.int32))
-
-
-def clear_pseudo_labels(moco) -> None:
-    """All -1: IFND off, the mask is empty."""
-    moco.pseudo_labels.assign(np.full(moco.pseudo_labels.shape, -1, np.int32))
+    moco.set_pseudo_labels(np.stack([rng.integers(0, ks[i], n) for i in range(levels)]))
 
 
 def alternate(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
@@ -118,7 +106,7 @@ def median_ratio(numerator: list[float], denominator: list[float]) -> float:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
-    """A Markdown table, so the output can be pasted into BUILD_NOTES.md as it is."""
+    """A Markdown table, so the output can be pasted into bench/README.md as it is."""
     def cell(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 

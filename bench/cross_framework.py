@@ -34,8 +34,8 @@ def main() -> None:
     from bench import torch_reference  # torch after TF's thread settings
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    flags = common.model_flags("resnet18_cifar", 32, args.batch, 1.0, args.key_bn_splits)
-    moco = common.build_moco(flags, args.jit, strategy, common.NUM_EXAMPLES)
+    cfg = common.model_config("resnet18_cifar", 32, args.batch, 1.0, args.key_bn_splits)
+    moco = common.build_moco(cfg, args.jit, strategy, common.NUM_EXAMPLES)
     common.fill_pseudo_labels(moco, KS)
     ours = common.step_runner(moco, common.random_batch(args.batch, 32, common.NUM_EXAMPLES),
                               strategy)

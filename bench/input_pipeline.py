@@ -39,7 +39,7 @@ def measure(dataset: str, batches: int, steps: int, rounds: int, strategy) -> di
     backbone, image_size, width, batch, splits = SETUPS[dataset]
     source = (synthetic_source(50_000, image_size) if dataset == "synthetic_cifar"
               else data.load_source(dataset))
-    moco = common.build_moco(common.model_flags(backbone, image_size, batch, width, splits),
+    moco = common.build_moco(common.model_config(backbone, image_size, batch, width, splits),
                              False, strategy, source.num_examples)
     common.fill_pseudo_labels(moco, (10, 20, 50))
     step = common.step_runner(moco, common.random_batch(batch, image_size, source.num_examples),

@@ -13,12 +13,13 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
     runtime.prepare()
 
 import argparse
+import dataclasses
 import statistics
 
 import tensorflow as tf
 
 from bench import common
-from ifnd_tf import callbacks
+from ifnd_tf import pseudo_labels
 
 # backbone -> (image size, width multiplier, batch): demo small net; CIFAR ResNet-18.
 SETUPS = {"small": (28, 0.5, 256), "resnet18_cifar": (32, 1.0, 64)}
@@ -28,18 +29,18 @@ KS = (10, 20, 50)
 def _variant_models(kind: str, backbone: str, batch: int, strategy) -> dict:
     """name -> (model, jit) pairs whose steps are compared by `kind`."""
     image_size, width, _ = SETUPS[backbone]
-    flags = common.model_flags(backbone, image_size, batch, width)
+    cfg = common.model_config(backbone, image_size, batch, width)
     if kind == "ifnd":
-        return {"base": common.build_moco(flags, False, strategy, common.NUM_EXAMPLES)}
+        return {"base": common.build_moco(cfg, False, strategy, common.NUM_EXAMPLES)}
     if kind == "jit":
-        return {"jit off": common.build_moco(flags, False, strategy, common.NUM_EXAMPLES),
-                "jit on": common.build_moco(flags, True, strategy, common.NUM_EXAMPLES)}
+        return {"jit off": common.build_moco(cfg, False, strategy, common.NUM_EXAMPLES),
+                "jit on": common.build_moco(cfg, True, strategy, common.NUM_EXAMPLES)}
     if kind == "train_keys":
-        return {name: common.build_moco({**flags, "cluster_features": name}, False, strategy,
-                                         common.NUM_EXAMPLES)
-                for name in callbacks.CLUSTER_FEATURES}
-    bf16 = {**flags, "mixed_precision": "bfloat16"}
-    return {"float32": common.build_moco(flags, False, strategy, common.NUM_EXAMPLES),
+        return {name: common.build_moco(dataclasses.replace(cfg, cluster_features=name), False,
+                                         strategy, common.NUM_EXAMPLES)
+                for name in pseudo_labels.CLUSTER_FEATURES}
+    bf16 = dataclasses.replace(cfg, mixed_precision="bfloat16")
+    return {"float32": common.build_moco(cfg, False, strategy, common.NUM_EXAMPLES),
             "mixed bfloat16": common.build_moco(bf16, False, strategy, common.NUM_EXAMPLES)}
 
 
@@ -62,7 +63,7 @@ def _runners(kind: str, backbone: str, batch: int, steps: int, strategy) -> dict
             return run(steps)
         return timed
 
-    return {"IFND off (empty mask)": with_labels(common.clear_pseudo_labels),
+    return {"IFND off (empty mask)": with_labels(lambda m: m.clear_pseudo_labels()),
             "IFND on (full mask)": with_labels(lambda m: common.fill_pseudo_labels(m, KS))}
 
 

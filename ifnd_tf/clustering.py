@@ -12,28 +12,58 @@ import numpy as np
 import tensorflow as tf
 import threadpoolctl
 
+from ifnd_tf.errors import ConfigError
+
 BACKENDS = ("faiss", "sklearn", "tf")
 SCHEDULE_SHAPES = ("linear", "cosine")
 UNLABELED = -1
 _ASSIGN_CHUNK = 8192
 
 
-def acceptance_rate(epoch: int, total_epochs: int, warmup_epochs: int, start: float = 0.0,
-                    end: float = 1.0, shape: str = "linear") -> float:
-    """Fraction alpha of samples whose pseudo-label is accepted at `epoch` (0-based).
+@dataclasses.dataclass(frozen=True)
+class AcceptanceSchedule:
+    """Fraction alpha of samples whose pseudo-label is accepted, per epoch (0-based).
 
     alpha is 0 during warm-up; from the first epoch after it, alpha grows from `start` towards
     `end` and reaches `end` exactly at the last epoch (the incremental part of IFND).
     """
-    if epoch < warmup_epochs:
-        return 0.0
-    progress = (epoch - warmup_epochs + 1) / max(total_epochs - warmup_epochs, 1)
-    progress = min(progress, 1.0)
-    if shape == "cosine":
-        progress = 0.5 * (1.0 - math.cos(math.pi * progress))
-    elif shape != "linear":
-        raise ValueError(f"--alpha_shape must be one of {SCHEDULE_SHAPES}, got {shape!r}")
-    return start + (end - start) * progress
+
+    total_epochs: int
+    warmup_epochs: int
+    start: float = 0.0
+    end: float = 1.0
+    shape: str = "linear"
+
+    def __post_init__(self):
+        if self.shape not in SCHEDULE_SHAPES:
+            raise ConfigError(f"--alpha_shape must be one of {SCHEDULE_SHAPES}, got {self.shape!r}")
+
+    def alpha(self, epoch: int) -> float:
+        if epoch < self.warmup_epochs:
+            return 0.0
+        progress = (epoch - self.warmup_epochs + 1) / max(self.total_epochs - self.warmup_epochs, 1)
+        progress = min(progress, 1.0)
+        if self.shape == "cosine":
+            progress = 0.5 * (1.0 - math.cos(math.pi * progress))
+        return self.start + (self.end - self.start) * progress
+
+
+@dataclasses.dataclass(frozen=True)
+class KMeansSettings:
+    """The k-means hierarchy: k per level, backend, Lloyd iterations, sample cap, threads."""
+
+    num_clusters: tuple[int, ...]
+    backend: str = "faiss"
+    iterations: int = 20
+    max_points_per_centroid: int = 256
+    threads: int | None = None
+
+    def pseudo_labels(self, embeddings: np.ndarray, alpha: float,
+                      seed: int) -> tuple[np.ndarray, list["LevelStats"]]:
+        """`hierarchical_pseudo_labels` with these settings."""
+        return hierarchical_pseudo_labels(embeddings, self.num_clusters, alpha, self.backend, seed,
+                                          self.iterations, self.max_points_per_centroid,
+                                          self.threads)
 
 
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -45,7 +75,9 @@ def kmeans_plus_plus_seeds(x: np.ndarray, k: int, rng: np.random.Generator,
     """k-means++ seeding on at most max(max_points, 20k) rows of unit vectors.
 
     Random seeding often puts two seeds in one true cluster at small k (seen in the tests);
-    k-means++ on a capped sample keeps seeding cheap at k = 1000 (DESIGN.md).
+    k-means++ on a capped sample keeps seeding cheap at k = 1000 (docs/design.md, "k-means").
+    Fewer than k distinct rows (collapsed embeddings, duplicate images) cannot give k clusters:
+    ConfigError naming --num_clusters rather than a division by zero.
     """
     rows = min(x.shape[0], max(max_points, 20 * k))
     pool = x[rng.choice(x.shape[0], rows, replace=False)] if rows < x.shape[0] else x
@@ -53,7 +85,12 @@ def kmeans_plus_plus_seeds(x: np.ndarray, k: int, rng: np.random.Generator,
     nearest = np.full(rows, np.inf, np.float32)
     for _ in range(1, k):
         nearest = np.minimum(nearest, np.maximum(2.0 - 2.0 * pool @ seeds[-1], 0.0))
-        seeds.append(pool[rng.choice(rows, p=nearest / nearest.sum())])
+        total = nearest.sum()
+        if not total > 0:
+            raise ConfigError(
+                f"--num_clusters: k={k} but the embeddings have only {len(seeds)} distinct "
+                f"directions (collapsed encoder or duplicate images); use a smaller k")
+        seeds.append(pool[rng.choice(rows, p=nearest / total)])
     return np.stack(seeds).astype(np.float32)
 
 
@@ -67,24 +104,42 @@ def _fit_faiss(x: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
 
 
 def _fit_sklearn(x: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
+    """Spherical, as faiss and tf: one Lloyd step per fit, centroids re-normalised after each.
+
+    sklearn's KMeans has no spherical mode; stepping it keeps its (threaded) assignment and
+    update and its empty-cluster handling (re-seeded at far points).
+    """
     from sklearn.cluster import KMeans
 
-    kmeans = KMeans(n_clusters=init.shape[0], init=init, n_init=1, max_iter=iterations,
-                    algorithm="lloyd")
-    return kmeans.fit(x).cluster_centers_.astype(np.float32)
+    centroids = init
+    for _ in range(iterations):
+        kmeans = KMeans(n_clusters=init.shape[0], init=centroids, n_init=1, max_iter=1,
+                        algorithm="lloyd", tol=0.0)
+        centroids = _l2_normalize(kmeans.fit(x).cluster_centers_.astype(np.float32))
+    return centroids
 
 
 def _fit_tf(x: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray:
-    """Spherical Lloyd iterations as matmuls: runs on a GPU with no extra dependency."""
+    """Spherical Lloyd iterations as matmuls: runs on a GPU with no extra dependency.
+
+    An empty cluster is re-seeded at the point farthest from its own centroid (the worst fit;
+    several empty clusters take the next farthest ones), as faiss and sklearn re-seed theirs.
+    """
     k = init.shape[0]
     points = tf.constant(x, tf.float32)
     centroids = tf.constant(init, tf.float32)
     for _ in range(iterations):
-        assign = tf.argmax(tf.matmul(points, centroids, transpose_b=True), axis=1)
+        similarity = tf.matmul(points, centroids, transpose_b=True)
+        assign = tf.argmax(similarity, axis=1)
         sums = tf.math.unsorted_segment_sum(points, assign, k)
         counts = tf.math.unsorted_segment_sum(tf.ones_like(assign, tf.float32), assign, k)
-        # An empty cluster keeps its previous centroid.
-        centroids = tf.where(counts[:, None] > 0, tf.math.l2_normalize(sums, axis=1), centroids)
+        centroids = tf.math.l2_normalize(sums, axis=1)
+        empty = tf.where(counts == 0)[:, 0]
+        if tf.size(empty) > 0:
+            fit = tf.reduce_max(similarity, axis=1)
+            farthest = tf.math.top_k(-fit, tf.size(empty)).indices
+            centroids = tf.tensor_scatter_nd_update(centroids, empty[:, None],
+                                                    tf.gather(points, farthest))
     return centroids.numpy()
 
 
@@ -99,9 +154,9 @@ def fit_centroids(embeddings: np.ndarray, k: int, backend: str, seed: int, itera
     """
     n = embeddings.shape[0]
     if not 1 < k <= n:
-        raise ValueError(f"--num_clusters: k={k} must be in [2, number of samples={n}]")
+        raise ConfigError(f"--num_clusters: k={k} must be in [2, number of samples={n}]")
     if backend not in _FITTERS:
-        raise ValueError(f"--kmeans_backend must be one of {BACKENDS}, got {backend!r}")
+        raise ConfigError(f"--kmeans_backend must be one of {BACKENDS}, got {backend!r}")
     rng = np.random.default_rng(seed)
     sample_size = min(n, k * max_points_per_centroid)
     sample = embeddings
@@ -158,7 +213,7 @@ def hierarchical_pseudo_labels(embeddings: np.ndarray, ks: Sequence[int], alpha:
 
     `threads` caps the BLAS / OpenMP threads of numpy, faiss and sklearn (None: their
     default): their threads wait on each other when the cores are busy with TF's, which
-    made the default much slower on 2 busy cores (bench/clustering_share.py, BUILD_NOTES.md).
+    made the default much slower on 2 busy cores (bench/README.md, "Clustering share").
     """
     with threadpoolctl.threadpool_limits(threads):
         return _hierarchy(_l2_normalize(np.asarray(embeddings, np.float32)), ks, alpha, backend,

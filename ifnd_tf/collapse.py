@@ -11,10 +11,10 @@ checkpoint is the last good one.
 import keras
 import tensorflow as tf
 
-from ifnd_tf import callbacks
+from ifnd_tf.errors import DivergenceError
 
 
-class CollapseError(callbacks.DivergenceError):
+class CollapseError(DivergenceError):
     """Every key of the batch has been (nearly) the same vector for many steps."""
 
 

@@ -22,9 +22,9 @@ import os
 import subprocess
 import sys
 
-from absl import app, logging
+from absl import app
 
-from ifnd_tf import config, monitors
+from ifnd_tf import callbacks, cli, config
 from ifnd_tf.config import FLAGS
 
 VARIANTS = (("MoCo v2", "moco", "--ifnd=false"), ("MoCo v2 + IFND", "ifnd", "--ifnd=true"))
@@ -49,7 +49,7 @@ def run_step(module: str, args: list[str]) -> None:
 
 def summarize(run_dir: str) -> dict:
     """The table row of one run, read from its metrics.csv and linear_eval/result.json."""
-    history = monitors.read_metrics(os.path.join(run_dir, "metrics.csv"))
+    history = callbacks.read_metrics(os.path.join(run_dir, "metrics.csv"))
     with open(os.path.join(run_dir, "linear_eval", "result.json")) as f:
         probe = json.load(f)
     last = history[-1] if history else {}
@@ -92,15 +92,14 @@ def run(flag_args: list[str]) -> dict[str, dict]:
     return rows
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    try:
-        config.validate_eval_flags()
-        os.makedirs(FLAGS.model_dir, exist_ok=True)
-        run(sys.argv[1:])
-    except (config.ConfigError, StepError) as e:
-        sys.exit(f"ifnd_tf.compare: error: {e}")
+def run_from_command_line() -> dict[str, dict]:
+    """`run` with this process's own command-line flags, passed on to every step."""
+    config.validate_eval_flags()
+    os.makedirs(FLAGS.model_dir, exist_ok=True)
+    return run(sys.argv[1:])
+
+
+main = cli.main("ifnd_tf.compare", run_from_command_line, expected=(StepError,))
 
 
 if __name__ == "__main__":

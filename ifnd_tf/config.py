@@ -2,14 +2,17 @@
 
 Checks that need the dataset (k larger than the dataset, queue vs dataset size) live in
 `validate_against_data`, called once the dataset is loaded. Each failure is one line that names
-the flag.
+the flag. `RunConfig.from_flags()` reads a pre-training run's flags once, at the entry point;
+library code takes the RunConfig (or plain arguments), never FLAGS.
 """
+import dataclasses
 import json
 import os
 
 from absl import flags
 
-from ifnd_tf import callbacks, clustering, distribute, losses, model
+from ifnd_tf import clustering, distribute, losses, model, pseudo_labels
+from ifnd_tf.errors import ConfigError
 
 FLAGS = flags.FLAGS
 
@@ -55,17 +58,20 @@ flags.DEFINE_float("alpha_start", 0.0, "Acceptance rate the schedule grows from.
 flags.DEFINE_float("alpha_end", 1.0, "Acceptance rate at the last epoch.")
 flags.DEFINE_enum("alpha_shape", "linear", list(clustering.SCHEDULE_SHAPES),
                   "Shape of the acceptance-rate schedule.")
-flags.DEFINE_enum("kmeans_backend", "faiss", list(clustering.BACKENDS), "k-means implementation.")
+flags.DEFINE_enum("kmeans_backend", "faiss", list(clustering.BACKENDS),
+                  "k-means implementation; all three run spherical k-means (unit centroids, "
+                  "cosine assignment) from the same k-means++ seeds.")
 flags.DEFINE_integer("kmeans_iterations", 20, "Lloyd iterations per k-means.")
 flags.DEFINE_integer("kmeans_max_points_per_centroid", 256,
                      "k-means is fitted on at most k times this many samples.")
 flags.DEFINE_integer("kmeans_threads", 0,
                      "Cap on numpy/faiss/sklearn threads in k-means (0 = their default). 1 was "
-                     "3-4x faster on 2 cores busy with training (BUILD_NOTES.md).")
-flags.DEFINE_enum("cluster_features", callbacks.CENTER_VIEW, list(callbacks.CLUSTER_FEATURES),
+                     "3-4x faster on 2 cores busy with training (bench/README.md).")
+flags.DEFINE_enum("cluster_features", pseudo_labels.CENTER_VIEW,
+                  list(pseudo_labels.CLUSTER_FEATURES),
                   "What k-means clusters: center_view = the key encoder over every un-augmented "
                   "image at each epoch start (the paper); train_keys = each example's key from "
-                  "its latest training step, no extra pass (BUILD_NOTES.md).")
+                  "its latest training step, no extra pass (docs/design.md).")
 flags.DEFINE_integer("embed_batch_size", 1024, "Batch size of the clustering embedding pass.")
 
 # Runtime
@@ -73,7 +79,7 @@ flags.DEFINE_string("model_dir", "/tmp/ifnd_tf", "Checkpoints, logs, flags.json 
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_bool("deterministic", True,
                   "TF op determinism: the same seed gives the same loss curve on CPU. Costs speed "
-                  "on GPU, where some ops have no deterministic kernel (BUILD_NOTES.md).")
+                  "on GPU, where some ops have no deterministic kernel (docs/design.md).")
 flags.DEFINE_enum("strategy", "mirrored", list(distribute.STRATEGIES),
                   "tf.distribute engine: mirrored (local GPUs / CPUs), multi_worker (TF_CONFIG), "
                   "tpu, one_device.")
@@ -133,20 +139,20 @@ flags.DEFINE_list("finetune_epochs", ["60", "30"], "Fine-tuning epochs, one per 
 flags.DEFINE_float("finetune_learning_rate", 0.05, "SGD learning rate of fine-tuning.")
 
 
-class ConfigError(ValueError):
-    """A flag value that cannot work; the message names the flag."""
-
-
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
 
 
 def cluster_counts() -> list[int]:
+    return _parse_cluster_counts(FLAGS.num_clusters)
+
+
+def _parse_cluster_counts(values) -> list[int]:
     try:
-        ks = [int(k) for k in FLAGS.num_clusters]
+        ks = [int(k) for k in values]
     except ValueError as e:
-        raise ConfigError(f"--num_clusters must be integers, got {FLAGS.num_clusters}") from e
+        raise ConfigError(f"--num_clusters must be integers, got {values}") from e
     _check(len(ks) > 0 and all(k >= 2 for k in ks), "--num_clusters: each k must be >= 2")
     return ks
 
@@ -263,3 +269,95 @@ def finetune_plan() -> list[tuple[float, int]]:
            f"--finetune_fractions must be in (0, 1], got {f.finetune_fractions}")
     _check(all(e >= 1 for e in epochs), f"--finetune_epochs must be >= 1, got {f.finetune_epochs}")
     return list(zip(fractions, epochs))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The flags of a pre-training run as one value: read once by train.py (`from_flags`), or
+    made from the flag defaults with changes (`defaults(**changes)`) by bench/ and tests."""
+
+    dataset: str
+    data_dir: str | None
+    download: bool
+    image_size: int
+    verify_images: bool
+    strict_data: bool
+    backbone: str
+    width_multiplier: float
+    embedding_dim: int
+    sync_bn: bool
+    key_bn_splits: int
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    learning_rate: float
+    sgd_momentum: float
+    weight_decay: float
+    temperature: float
+    moco_momentum: float
+    queue_size: int
+    ifnd: bool
+    fn_strategy: str
+    num_clusters: tuple[int, ...]
+    warmup_epochs: int
+    alpha_start: float
+    alpha_end: float
+    alpha_shape: str
+    kmeans_backend: str
+    kmeans_iterations: int
+    kmeans_max_points_per_centroid: int
+    kmeans_threads: int
+    cluster_features: str
+    embed_batch_size: int
+    model_dir: str
+    seed: int
+    deterministic: bool
+    strategy: str
+    tpu: str | None
+    cpu_replicas: int
+    jit_compile: str
+    mixed_precision: str
+    export: bool
+    verbose: int
+    checkpoint_every_steps: int
+    keep_checkpoints: int
+    collapse_steps: int
+    collapse_spread: float
+    knn_every: int
+    knn_k: int
+    knn_temperature: float
+
+    @classmethod
+    def from_flags(cls) -> "RunConfig":
+        """The parsed flags (validate_flags first: num_clusters is parsed here)."""
+        return cls._make({name: FLAGS[name].value for name in cls._names()})
+
+    @classmethod
+    def defaults(cls, **changes) -> "RunConfig":
+        """The flag defaults with `changes`, without parsing a command line."""
+        return dataclasses.replace(
+            cls._make({name: FLAGS[name].default for name in cls._names()}), **changes)
+
+    @classmethod
+    def _names(cls) -> list[str]:
+        return [field.name for field in dataclasses.fields(cls)]
+
+    @classmethod
+    def _make(cls, values: dict) -> "RunConfig":
+        ks = tuple(_parse_cluster_counts(values["num_clusters"]))
+        return cls(**{**values, "num_clusters": ks})
+
+    @property
+    def num_levels(self) -> int:
+        """Rows of the pseudo-label table: one per hierarchy level (1 for plain MoCo)."""
+        return len(self.num_clusters) if self.ifnd else 1
+
+    def acceptance_schedule(self) -> clustering.AcceptanceSchedule:
+        return clustering.AcceptanceSchedule(self.epochs, self.warmup_epochs, self.alpha_start,
+                                             self.alpha_end, self.alpha_shape)
+
+    def kmeans(self) -> clustering.KMeansSettings:
+        return clustering.KMeansSettings(self.num_clusters, self.kmeans_backend,
+                                         self.kmeans_iterations,
+                                         self.kmeans_max_points_per_centroid,
+                                         self.kmeans_threads or None)

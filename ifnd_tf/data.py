@@ -2,7 +2,8 @@
 
 `load_source` turns a dataset name into a `Source` that reads image i by its index (random
 access: arrays in memory, or one file per image); `train_pipeline` makes the two augmented views,
-`embedding_pipeline` the un-augmented view used by the clustering pass. True labels are kept only
+`embedding_pipeline` the un-augmented view used by the clustering pass, `labelled_pipeline`
+(image, true label) batches for the linear probe and fine-tuning. True labels are kept only
 for evaluation and diagnostics.
 """
 import concurrent.futures
@@ -15,15 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from ifnd_tf import augment, fingerprint
+from ifnd_tf.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-class DataError(ValueError):
-    """Missing, corrupt or unknown data; the message names the file or flag."""
 
 
 @dataclasses.dataclass
@@ -213,7 +211,7 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     which are cropped a whole batch at a time.
     `start_step` skips the batches a resumed run already trained on; `num_steps` ends the stream
     exactly when training ends (tearing down an endless stream mid-flight stalled the end of
-    fit, BUILD_NOTES.md).
+    fit: docs/design.md, "Decisions", epoch boundary).
     """
     batches_per_pass = source.num_examples // batch_size
     first_pass, skip_batches = divmod(start_step, batches_per_pass)
@@ -278,8 +276,47 @@ def embedding_pipeline(source: Source, batch_size: int, image_size: int) -> tf.d
         ds = ds.map(lambda i: center(i, source.read(i)), num_parallel_calls=AUTOTUNE)
     else:
         ds = source.examples.map(center, num_parallel_calls=AUTOTUNE).batch(batch_size)
-    # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (BUILD_NOTES,
-    # Benchmarks 5). Untuned, map runs one call per core and 2 batches wait ready.
+    # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (bench/README.md,
+    # "5. Fixes"). Untuned, map runs one call per core and 2 batches wait ready.
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(2).with_options(options)
+
+
+def labelled_pipeline(source: Source, batch_size: int, image_size: int,
+                      indices: np.ndarray | None = None, train: bool = False,
+                      seed: int = 0) -> tf.data.Dataset:
+    """Batches of (image in [0, 1], true label), optionally only the examples in `indices`.
+
+    Evaluation: every example once, centre crop. train=True: shuffled, random resized crop +
+    horizontal flip (SimCLR's fine-tuning augmentation).
+    """
+    if source.labels is None:
+        raise DataError(f"--dataset={source.name} has no labels to evaluate with")
+    labels = tf.constant(source.labels, tf.int64)
+    ds = source.examples
+    if indices is not None:
+        keep = np.zeros(source.num_examples, bool)
+        keep[indices] = True
+        keep = tf.constant(keep)
+        ds = ds.filter(lambda index, image: tf.gather(keep, index)).cache()
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(indices)))  # Keras: epoch size
+
+    def prepare(example, seed):
+        index, image = example
+        image = augment.to_float_rgb(image)
+        if train:
+            fold_in = tf.random.experimental.stateless_fold_in
+            image = augment.random_resized_crop(image, image_size, fold_in(seed, 0))
+            image = tf.image.stateless_random_flip_left_right(image, fold_in(seed, 1))
+        else:
+            image = augment.center_crop(image, image_size)
+        return image, tf.gather(labels, index)
+
+    if train:
+        size = len(indices) if indices is not None else source.num_examples
+        ds = ds.shuffle(min(size, 50_000), seed=seed, reshuffle_each_iteration=True)
+    # Stateless draws from a seeded stream that changes every epoch: reproducible augmentation.
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip(ds, seeds).map(prepare, num_parallel_calls=AUTOTUNE)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)

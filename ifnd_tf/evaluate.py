@@ -1,53 +1,18 @@
-"""What linear_eval, finetune and the kNN monitor share: the standard evaluation protocols.
+"""What linear_eval and finetune share: the standard evaluation protocols.
 
-Weighted kNN (InstDisc / lightly), loading the exported encoder, class-balanced labelled
-subsets, labelled pipelines, the SGD set-up of the classifiers and result.json.
+Loading the exported encoder, class-balanced labelled subsets, the SGD set-up of the
+classifiers and result.json (weighted kNN: knn.py; labelled pipelines: data.py).
 """
 import json
 import os
-import sys
-from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from ifnd_tf import augment, config, data, distribute
-
-fold_in = tf.random.experimental.stateless_fold_in
+from ifnd_tf import config, data, distribute
 
 STEP_BOUNDARIES = (0.6, 0.8)  # step schedule: lr x 0.1 at 60 % and 80 % of training (MoCo)
-
-
-def knn_scores(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-               num_classes: int, k: int = 200, temperature: float = 0.1,
-               batch_size: int = 1024) -> np.ndarray:
-    """Class scores [num_test, num_classes] of the weighted kNN classifier.
-
-    Each test sample's k nearest train samples (cosine similarity s) vote for their class with
-    weight exp(s / temperature), as in InstDisc and lightly's kNN monitor. Test samples are
-    processed in batches so the similarity matrix never holds all pairs at once.
-    """
-    train = tf.math.l2_normalize(tf.constant(train_features, tf.float32), axis=1)
-    labels = tf.constant(train_labels, tf.int64)
-    k = min(k, len(train_features))
-    scores = []
-    for start in range(0, len(test_features), batch_size):
-        query = tf.math.l2_normalize(
-            tf.constant(test_features[start:start + batch_size], tf.float32), axis=1)
-        similarity, neighbours = tf.math.top_k(tf.matmul(query, train, transpose_b=True), k)
-        votes = tf.one_hot(tf.gather(labels, neighbours), num_classes)
-        scores.append(tf.reduce_sum(votes * tf.exp(similarity / temperature)[..., None], axis=1))
-    return tf.concat(scores, 0).numpy()
-
-
-def knn_top1(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-             test_labels: np.ndarray, num_classes: int, k: int = 200,
-             temperature: float = 0.1) -> float:
-    """Top-1 accuracy of the weighted kNN classifier on the test features."""
-    scores = knn_scores(train_features, train_labels, test_features, num_classes, k, temperature)
-    return float(np.mean(np.argmax(scores, axis=1) == np.asarray(test_labels)))
 
 
 def export_dir_of(saved_model: str) -> str:
@@ -107,44 +72,6 @@ def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return np.sort(np.concatenate(chosen))
 
 
-def labelled_pipeline(source: data.Source, batch_size: int, image_size: int,
-                      indices: np.ndarray | None = None, train: bool = False,
-                      seed: int = 0) -> tf.data.Dataset:
-    """Batches of (image in [0, 1], true label), optionally only the examples in `indices`.
-
-    Evaluation: every example once, centre crop. train=True: shuffled, random resized crop +
-    horizontal flip (SimCLR's fine-tuning augmentation).
-    """
-    if source.labels is None:
-        raise data.DataError(f"--dataset={source.name} has no labels to evaluate with")
-    labels = tf.constant(source.labels, tf.int64)
-    ds = source.examples
-    if indices is not None:
-        keep = np.zeros(source.num_examples, bool)
-        keep[indices] = True
-        keep = tf.constant(keep)
-        ds = ds.filter(lambda index, image: tf.gather(keep, index)).cache()
-        ds = ds.apply(tf.data.experimental.assert_cardinality(len(indices)))  # Keras: epoch size
-
-    def prepare(example, seed):
-        index, image = example
-        image = augment.to_float_rgb(image)
-        if train:
-            image = augment.random_resized_crop(image, image_size, fold_in(seed, 0))
-            image = tf.image.stateless_random_flip_left_right(image, fold_in(seed, 1))
-        else:
-            image = augment.center_crop(image, image_size)
-        return image, tf.gather(labels, index)
-
-    if train:
-        size = len(indices) if indices is not None else source.num_examples
-        ds = ds.shuffle(min(size, 50_000), seed=seed, reshuffle_each_iteration=True)
-    # Stateless draws from a seeded stream that changes every epoch: reproducible augmentation.
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip(ds, seeds).map(prepare, num_parallel_calls=data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(data.AUTOTUNE)
-
-
 def lr_schedule(learning_rate: float, total_steps: int,
                 schedule: str) -> keras.optimizers.schedules.LearningRateSchedule:
     """Cosine decay to 0, or step: x0.1 after 60 % and again after 80 % of the steps (MoCo)."""
@@ -178,16 +105,3 @@ def write_result(eval_dir: str, result: dict) -> str:
     with open(path, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True)
     return path
-
-
-def entry_point(program: str, run: Callable[[], object]) -> Callable[[list[str]], None]:
-    """The absl main of an evaluation command: warnings only, and a bad flag or missing file
-    ends the program with one line that names it."""
-    def main(argv):
-        del argv
-        logging.set_verbosity(logging.WARNING)
-        try:
-            run()
-        except (config.ConfigError, data.DataError) as e:
-            sys.exit(f"{program}: error: {e}")
-    return main

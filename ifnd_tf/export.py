@@ -4,6 +4,13 @@ The export directory holds:
   saved_model/   tf.saved_model.load(path).features(x) / .embedding(x) / .serve(x)
                  x: float32 [batch, H, W, 3] in [0, 1]
   encoder.keras  the same encoder as a Keras model (keras.models.load_model), trainable.
+
+To fine-tune from the SavedModel alone, use `SavedModelLayer(path, call_endpoint="features",
+trainable=True)`: Keras 3.15's own `keras.layers.TFSMLayer` names its weights after the loaded
+TF variables, whose names always end in ':0' (TensorFlow appends it; no export can avoid it), and
+Adam-like optimizers then fail to name their slots ("'conv1_conv_kernel:0_momentum' is not a
+valid scope name"); plain SGD has no slots and works with either layer (docs/design.md,
+"Export").
 """
 import os
 
@@ -23,3 +30,15 @@ def export_encoder(encoder: keras.Model, export_dir: str) -> str:
     archive.write_out(saved_model_dir, verbose=False)
     encoder.save(os.path.join(export_dir, "encoder.keras"))
     return saved_model_dir
+
+
+@keras.saving.register_keras_serializable(package="ifnd_tf")
+class SavedModelLayer(keras.layers.TFSMLayer):
+    """keras.layers.TFSMLayer whose weights have valid Keras names (no ':0'), so any optimizer
+    can fine-tune through it. Arguments as TFSMLayer's."""
+
+    def _add_existing_weight(self, weight):
+        variable = keras.Variable(initializer=weight, trainable=weight.trainable,
+                                  dtype=weight.dtype, shape=weight.shape,
+                                  name=weight.name.split(":")[0].replace("/", "_"))
+        self._track_variable(variable)

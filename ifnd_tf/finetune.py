@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 from absl import app
 
-from ifnd_tf import config, data, evaluate
+from ifnd_tf import cli, config, data, evaluate
 from ifnd_tf.config import FLAGS
 
 
@@ -34,9 +34,9 @@ def finetune(saved_model: str, train_source: data.Source, test_source: data.Sour
              learning_rate: float, schedule: str, image_size: int, seed: int) -> dict:
     """Fine-tune a fresh copy of the exported encoder on a labelled subset; test accuracy."""
     indices = evaluate.labelled_subset(train_source.labels, fraction, seed)
-    train_data = evaluate.labelled_pipeline(train_source, batch_size, image_size, indices,
+    train_data = data.labelled_pipeline(train_source, batch_size, image_size, indices,
                                             train=True, seed=seed)
-    test_data = evaluate.labelled_pipeline(test_source, batch_size, image_size)
+    test_data = data.labelled_pipeline(test_source, batch_size, image_size)
     steps = epochs * -(-len(indices) // batch_size)
     with strategy.scope():
         encoder = evaluate.load_encoder(saved_model, image_size)
@@ -68,7 +68,7 @@ def run() -> dict:
     return summary
 
 
-main = evaluate.entry_point("ifnd_tf.finetune", run)
+main = cli.main("ifnd_tf.finetune", run)
 
 if __name__ == "__main__":
     app.run(main)

@@ -22,8 +22,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app
 
-from ifnd_tf import callbacks, data, evaluate
+from ifnd_tf import cli, data, evaluate
 from ifnd_tf.config import FLAGS
+from ifnd_tf.embedding import DatasetEmbedder
 
 
 def backbone_features(encoder: keras.Model, source: data.Source,
@@ -33,7 +34,7 @@ def backbone_features(encoder: keras.Model, source: data.Source,
     pipeline = data.embedding_pipeline(source, batch_size, image_size)
     if flip:
         pipeline = pipeline.map(lambda index, images: (index, tf.image.flip_left_right(images)))
-    embedder = callbacks.DatasetEmbedder(encoder, strategy, pipeline, source.num_examples,
+    embedder = DatasetEmbedder(encoder, strategy, pipeline, source.num_examples,
                                          output="features")
     return embedder()
 
@@ -105,7 +106,7 @@ def run() -> dict:
     return result
 
 
-main = evaluate.entry_point("ifnd_tf.linear_eval", run)
+main = cli.main("ifnd_tf.linear_eval", run)
 
 if __name__ == "__main__":
     app.run(main)

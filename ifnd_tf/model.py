@@ -2,8 +2,8 @@
 
 The encoder maps images in [0, 1] to {"features": backbone output, "embedding": L2-normalised
 head output}. `MomentumContrast` holds the query encoder, its EMA copy (the key encoder), the
-queue of keys with the dataset index of each, and the pseudo-label table written by
-`callbacks.PseudoLabelCallback`.
+queue of keys with the dataset index of each, and the pseudo-label table that
+`pseudo_labels.PseudoLabelCallback` fills through `set_pseudo_labels` / `clear_pseudo_labels`.
 """
 from collections.abc import Callable
 
@@ -245,6 +245,7 @@ class MomentumContrast(keras.Model):
             f"got BatchNorm groups {sorted(groups) or None}")
         self.weight_decay = weight_decay
         self.seed = seed
+        self.num_examples = num_examples
         dim = encoder.output["embedding"].shape[-1]
         first = "only_first_replica"  # every replica computes the same update
         self.queue_keys = self.add_weight(shape=(queue_size, dim), initializer=_random_unit_rows,
@@ -264,14 +265,16 @@ class MomentumContrast(keras.Model):
             name="train_keys") if remember_keys else None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="acc")
+        # Under elimination the loss never sees the masked entries; top-1 among what it sees.
+        self.accuracy_without_fn_tracker = keras.metrics.Mean(name="acc_without_fn")
         self.masked_tracker = keras.metrics.Mean(name="masked")
         self.spread_tracker = keras.metrics.Mean(name="key_spread")  # collapse watch
         self.built = True  # both encoders are built functional models; no symbolic build needed
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker, self.masked_tracker,
-                self.spread_tracker]
+        return [self.loss_tracker, self.accuracy_tracker, self.accuracy_without_fn_tracker,
+                self.masked_tracker, self.spread_tracker]
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Skip Keras' symbolic build: encoders, optimizer and metrics are built already.
@@ -323,6 +326,18 @@ class MomentumContrast(keras.Model):
         keys = tf.gather(shuffled, tf.math.invert_permutation(order))[first:first + local]
         return tf.stop_gradient(keys)
 
+    def set_pseudo_labels(self, labels) -> None:
+        """Replace the table [levels, num_examples] (-1 = no accepted label) the loss masks with."""
+        labels = tf.convert_to_tensor(labels, tf.int32)
+        if labels.shape != self.pseudo_labels.shape:
+            raise ValueError(f"pseudo-labels of shape {labels.shape}, the table is "
+                             f"{self.pseudo_labels.shape}")
+        self.pseudo_labels.assign(labels)
+
+    def clear_pseudo_labels(self) -> None:
+        """No accepted labels: nothing is masked (warm-up, plain MoCo)."""
+        self.pseudo_labels.assign(tf.fill(self.pseudo_labels.shape, -1))
+
     def queue_labels(self) -> tf.Tensor:
         """Current pseudo-labels [levels, queue] of the queue entries (-1 for empty slots)."""
         ids = tf.convert_to_tensor(self.queue_ids)
@@ -330,7 +345,18 @@ class MomentumContrast(keras.Model):
         return tf.where(ids[None, :] >= 0, looked_up, -1)
 
     def enqueue(self, keys: tf.Tensor, ids: tf.Tensor) -> None:
-        """Replace the oldest entries (FIFO, wrapping) with the global batch of keys."""
+        """Replace the oldest entries (FIFO, wrapping) with the global batch of keys.
+
+        The slice never wraps inside one batch, so the queue size must be a multiple of the
+        global batch (config checks --queue_size; this guards every other caller).
+        """
+        queue_size, batch = self.queue_ids.shape[0], keys.shape[0]
+        if batch is not None and queue_size % batch:
+            raise ValueError(
+                f"queue size {queue_size} is not a multiple of the global batch {batch}")
+        if batch is None:
+            tf.debugging.assert_equal(queue_size % tf.shape(keys)[0], 0,
+                                      message="queue size is not a multiple of the global batch")
         ptr = tf.convert_to_tensor(self.queue_ptr)
         self.queue_keys.assign(keras.ops.slice_update(self.queue_keys, [ptr, 0], keys))
         self.queue_ids.assign(keras.ops.slice_update(self.queue_ids, [ptr], tf.cast(ids, tf.int32)))
@@ -365,10 +391,11 @@ class MomentumContrast(keras.Model):
         if self.train_keys is not None:
             self.remember(all_keys, ids)
 
-        if self.fn_strategy == losses.ELIMINATION:
-            logits = losses.masked_logits_for_elimination(logits, fn_mask)
         self.loss_tracker.update_state(loss)
+        # acc: unmasked, comparable with a MoCo run's; acc_without_fn: detected FNs removed.
         self.accuracy_tracker.update_state(losses.contrastive_accuracy(logits))
+        self.accuracy_without_fn_tracker.update_state(losses.contrastive_accuracy(
+            losses.masked_logits_for_elimination(logits, fn_mask)))
         self.masked_tracker.update_state(tf.reduce_mean(tf.reduce_sum(tf.cast(fn_mask, tf.float32), 1)))
         spread = losses.key_spread(all_keys)
         self.spread_tracker.update_state(spread)

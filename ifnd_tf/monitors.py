@@ -1,6 +1,5 @@
 """Evaluation callbacks: they watch pre-training and never change it.
 
-  EpochTimer          `seconds` per epoch (the clustering pass included) in the epoch logs
   KnnMonitor          weighted kNN top-1 of the query backbone (`knn_top1`) and a PCA picture of
                       the test features coloured by class
   DiagnosticsPlotter  the curves of metrics.csv (FN precision / recall, purity per level,
@@ -8,16 +7,14 @@
 
 Pictures go to <model_dir>/diagnostics/ and to TensorBoard as images.
 """
-import csv
-import math
 import os
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import callbacks, evaluate, plots
+from ifnd_tf import callbacks, knn, plots
+from ifnd_tf.embedding import DatasetEmbedder
 
 PCA_POINTS = 2000  # test examples drawn in the PCA picture: enough to see classes, still legible
 
@@ -33,25 +30,6 @@ def save_picture(png: bytes, path: str, writer: tf.summary.SummaryWriter | None,
         with writer.as_default(step=step):
             tf.summary.image(name, tf.image.decode_png(png, channels=4)[None])
         writer.flush()
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Adds `seconds`, the epoch's wall time, to the epoch logs.
-
-    First in the callback list, it starts before the pseudo-label pass and stops before the
-    kNN monitor: the time of training plus clustering, not of the evaluation.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.start = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["seconds"] = time.perf_counter() - self.start
 
 
 class KnnMonitor(keras.callbacks.Callback):
@@ -79,7 +57,7 @@ class KnnMonitor(keras.callbacks.Callback):
         self.writer = writer
         rng = np.random.default_rng(seed)
         self.pca_points = np.sort(rng.permutation(len(test_labels))[:PCA_POINTS])
-        self.embedders: dict[str, callbacks.DatasetEmbedder] = {}
+        self.embedders: dict[str, DatasetEmbedder] = {}
 
     def is_due(self, epoch: int) -> bool:
         return epoch == 0 or (epoch + 1) % self.every == 0 or epoch + 1 == self.params["epochs"]
@@ -88,11 +66,11 @@ class KnnMonitor(keras.callbacks.Callback):
         if not self.is_due(epoch):
             return
         if not self.embedders:  # built once the model is known; reused every time
-            self.embedders = {split: callbacks.DatasetEmbedder(
+            self.embedders = {split: DatasetEmbedder(
                 self.model.encoder, self.strategy, ds, len(self.labels[split]), output="features")
                 for split, ds in self.data.items()}
         features = {split: embedder() for split, embedder in self.embedders.items()}
-        top1 = evaluate.knn_top1(features["train"], self.labels["train"], features["test"],
+        top1 = knn.knn_top1(features["train"], self.labels["train"], features["test"],
                                  self.labels["test"], self.num_classes, self.k, self.temperature)
         if logs is not None:
             logs["knn_top1"] = top1
@@ -103,28 +81,6 @@ class KnnMonitor(keras.callbacks.Callback):
                                     f"(kNN top-1 {top1:.3f})")
             save_picture(png, os.path.join(self.picture_dir, "features_pca.png"), self.writer,
                          "diagnostics/features_pca", epoch)
-
-
-def read_metrics(path: str) -> list[dict[str, float]]:
-    """Rows of a metrics.csv as {column: value} with a 1-based `epoch`; cells that hold no
-    number (nan, NA, empty: not measured that epoch) are left out."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    history = []
-    for row in rows:
-        record = {}
-        for column, cell in row.items():
-            try:
-                value = float(cell)
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(value):
-                record[column] = value
-        record["epoch"] = int(record["epoch"]) + 1
-        history.append(record)
-    return history
 
 
 class DiagnosticsPlotter(keras.callbacks.Callback):
@@ -140,6 +96,6 @@ class DiagnosticsPlotter(keras.callbacks.Callback):
         self.writer = writer
 
     def on_epoch_end(self, epoch, logs=None):
-        png = plots.curves_png(read_metrics(self.metrics_csv))
+        png = plots.curves_png(callbacks.read_metrics(self.metrics_csv))
         save_picture(png, os.path.join(self.picture_dir, "curves.png"), self.writer,
                      "diagnostics/curves", epoch)

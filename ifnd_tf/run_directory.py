@@ -18,16 +18,13 @@ import time
 import tensorflow as tf
 
 from ifnd_tf import fingerprint
+from ifnd_tf.errors import RunDirError
 
 DAMAGED = "damaged"  # sub-folder of checkpoints/ where unreadable checkpoints are moved
 DATASET_FILE = "dataset.json"  # the training set's fingerprint (fingerprint.py)
 LOCK_FILE = "lock"  # in the run directory: "pid <pid> host <host>" of the process writing it
 _held_locks: dict[str, int] = {}  # lock file -> open descriptor, kept for the process's life
 _INDEX = re.compile(r"^ckpt-(\d+)\.index$")
-
-
-class RunDirError(ValueError):
-    """The run directory cannot be used as asked; the message names the file or directory."""
 
 
 def acquire_lock(directory: str) -> str:

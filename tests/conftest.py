@@ -1,11 +1,19 @@
-"""Test set-up: tcmalloc as in the entry points; two logical CPU devices so MirroredStrategy
-really has two replicas."""
+"""Test set-up and the helpers test modules share (no test module imports another).
+
+tcmalloc as in the entry points; two logical CPU devices so MirroredStrategy really has two
+replicas. Helpers: `run_cli` (a command on flags/smoke.cfg in a subprocess), `event_tags`
+(TensorBoard event tags), `read_metrics_csv`, `smoke_config` / `small_moco` (the smoke run's
+model from a RunConfig), `restore_smoke_model`, `write_image_folder` and `lock_holder` (a
+process holding a run directory's lock).
+"""
 import os
+import subprocess
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from ifnd_tf import runtime
 
@@ -39,3 +47,95 @@ def two_replicas():
     import tensorflow as tf
 
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def run_cli(module: str, *args, timeout: int = 600, env: dict | None = None):
+    """`python -m <module> args` from the repository root, output captured."""
+    return subprocess.run([sys.executable, "-m", module, *args], check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def run_smoke(module: str, model_dir, *extra, timeout: int = 600):
+    """`python -m <module> --flagfile=flags/smoke.cfg --model_dir=... extra`."""
+    return run_cli(module, "--flagfile=flags/smoke.cfg", f"--model_dir={model_dir}", *extra,
+                   timeout=timeout)
+
+
+def event_tags(folder) -> set[str]:
+    """Every tag (scalars and images) in the TensorBoard event files of `folder`."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    tags = set()
+    for path in sorted(os.listdir(folder)):
+        if path.startswith("events.out.tfevents."):
+            events = event_accumulator.EventAccumulator(os.path.join(folder, path),
+                                                        size_guidance={"tensors": 0})
+            events.Reload()
+            tags |= set(events.Tags()["tensors"])
+    return tags
+
+
+def read_metrics_csv(model_dir) -> list[dict[str, float]]:
+    """Every row of <model_dir>/metrics.csv, nan cells included."""
+    lines = (model_dir / "metrics.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    return [dict(zip(header, map(float, row.split(",")))) for row in lines[1:]]
+
+
+def smoke_config(**changes):
+    """The RunConfig of flags/smoke.cfg (its model and IFND settings), with `changes`."""
+    from ifnd_tf import config
+
+    smoke = {}
+    with open(os.path.join(ROOT, "flags", "smoke.cfg")) as f:
+        for line in f:
+            if line.startswith("--"):
+                name, value = line[2:].strip().split("=", 1)
+                smoke[name] = config.FLAGS[name].parser.parse(value)
+    smoke["num_clusters"] = tuple(int(k) for k in smoke["num_clusters"])
+    return config.RunConfig.defaults(**{**smoke, **changes})
+
+
+def small_moco(strategy, num_examples: int, steps_per_epoch: int = 4, **changes):
+    """A compiled MomentumContrast as ifnd_tf.train builds it for smoke.cfg (+ changes)."""
+    from ifnd_tf import builder
+
+    with strategy.scope():
+        return builder.build_model(smoke_config(**changes), num_examples, steps_per_epoch)
+
+
+def restore_smoke_model(model_dir, **changes):
+    """The smoke run's model (digits: 1,437 examples) restored from model_dir's checkpoint."""
+    import tensorflow as tf
+
+    from ifnd_tf import builder
+
+    moco = builder.build_model(smoke_config(**changes), 1437, 4)
+    tf.train.Checkpoint(model=moco).restore(
+        tf.train.latest_checkpoint(str(model_dir / "checkpoints"))).expect_partial()
+    return moco
+
+
+def write_image_folder(root, classes=("cat", "dog"), per_class=3, size=(20, 30)):
+    """root/train/<class>/<i>.png of random pixels (seeded)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        os.makedirs(root / "train" / c)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            tf.io.write_file(str(root / "train" / c / f"{i}.png"), tf.io.encode_png(pixels))
+
+
+def lock_holder(folder):
+    """A separate process that holds the writer lock of folder (run_directory.acquire_lock)
+    and sleeps, once it holds it."""
+    code = ("import sys, time; from ifnd_tf import run_directory; "
+            "run_directory.acquire_lock(sys.argv[1]); print('held', flush=True); time.sleep(300)")
+    process = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "IFND_FAST_ALLOCATOR": "0"})
+    assert process.stdout.readline().strip() == "held"
+    return process

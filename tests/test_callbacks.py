@@ -1,109 +1,7 @@
-import keras
-import numpy as np
 import pytest
 import tensorflow as tf
 
-from ifnd_tf import callbacks, data, diagnostics, model
-
-
-def _digits_moco(strategy, source, levels, remember_keys=False):
-    with strategy.scope():
-        encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=16, bn_groups=g)
-                    for g in (None, model.key_bn_groups(2, strategy.num_replicas_in_sync))]
-        moco = model.MomentumContrast(encoders[0], encoders[1], source.num_examples,
-                                      queue_size=64, num_levels=levels, key_bn_splits=2,
-                                      remember_keys=remember_keys)
-        moco.copy_query_to_key_encoder()
-        moco.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
-        moco.optimizer.build(moco.encoder.trainable_variables)
-    return moco
-
-
-def test_embedder_places_every_example_by_index(one_replica, two_replicas):
-    source = data.load_source("digits", "test")  # 360 examples: last batch is partial
-    pipeline = data.embedding_pipeline(source, 61, 16)  # odd batches: uneven replica shares
-    with two_replicas.scope():
-        encoder = model.build_encoder("small", 16, 0.25, embedding_dim=16)
-    images = np.concatenate([x.numpy() for _, x in pipeline])
-    expected = encoder(images, training=False)["embedding"].numpy()
-    for strategy in (one_replica, two_replicas):
-        embedder = callbacks.DatasetEmbedder(encoder, strategy, pipeline, source.num_examples)
-        for _ in range(2):  # reusable, e.g. once per epoch
-            np.testing.assert_allclose(embedder(), expected, rtol=1e-4, atol=1e-5)
-
-
-def test_callback_fills_label_table_during_a_real_fit(one_replica):
-    source = data.load_source("digits")
-    moco = _digits_moco(one_replica, source, levels=2)
-    callback = callbacks.PseudoLabelCallback(
-        data.embedding_pipeline(source, 512, 16), source.num_examples, [10, 20], total_epochs=3,
-        warmup_epochs=1, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
-        seed=0, strategy=one_replica, true_labels=source.labels, verbose=False)
-    train = data.train_pipeline(source, 64, 16, seed=0).repeat()
-    history = moco.fit(train, epochs=2, steps_per_epoch=3, callbacks=[callback], verbose=0)
-
-    table = moco.pseudo_labels.numpy()
-    assert history.history["alpha"] == pytest.approx([0.0, 0.5])
-    warmup_seconds, ifnd_seconds = history.history["clustering_seconds"]
-    assert warmup_seconds == 0.0 and ifnd_seconds > 0.0  # the pass ran in epoch 2 only
-    assert table.shape == (2, source.num_examples)
-    for level, k in zip(table, (10, 20)):
-        assert abs(np.mean(level >= 0) - 0.5) < 0.02  # top half of each cluster accepted
-        assert set(np.unique(level[level >= 0])) <= set(range(k))
-    # The logged precision / recall are those of the table the loss now uses.
-    quality = diagnostics.false_negative_quality(table, source.labels)
-    assert history.history["fn_precision"][-1] == pytest.approx(quality.precision)
-    assert history.history["fn_recall"][-1] == pytest.approx(quality.recall)
-    assert 0.0 < quality.precision <= 1.0
-    assert history.history["masked"][1] > 0.0  # the train step saw the new labels
-
-
-def test_warmup_epoch_clears_the_table(one_replica):
-    source = data.load_source("digits", "test")
-    moco = _digits_moco(one_replica, source, levels=1)
-    moco.pseudo_labels.assign(tf.zeros_like(moco.pseudo_labels))
-    callback = callbacks.PseudoLabelCallback(
-        data.embedding_pipeline(source, 512, 16), source.num_examples, [10], total_epochs=5,
-        warmup_epochs=2, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="tf",
-        seed=0, strategy=one_replica, verbose=False)
-    callback.set_model(moco)
-    callback.on_epoch_begin(0)
-    assert (moco.pseudo_labels.numpy() == -1).all()
-    callback.on_epoch_begin(2)
-    assert np.mean(moco.pseudo_labels.numpy() >= 0) == pytest.approx(1 / 3, abs=0.02)
-
-
-def test_training_keys_are_clustered_once_every_example_has_one(one_replica):
-    source = data.load_source("digits", "test")
-    moco = _digits_moco(one_replica, source, levels=1, remember_keys=True)
-    callback = callbacks.PseudoLabelCallback(
-        data.embedding_pipeline(source, 512, 16), source.num_examples, [10], total_epochs=2,
-        warmup_epochs=1, alpha_start=0.0, alpha_end=1.0, alpha_shape="linear", backend="sklearn",
-        seed=0, strategy=one_replica, verbose=False, cluster_features=callbacks.TRAIN_KEYS)
-    callback.set_model(moco)
-    # One example without a key yet: the centre-view pass runs instead.
-    groups = np.arange(source.num_examples) % 10
-    centres = np.linalg.qr(np.random.default_rng(0).normal(size=(16, 16)))[0][:10]
-    noise = 0.05 * np.random.default_rng(1).normal(size=(source.num_examples, 16))
-    keys = centres[groups] + noise
-    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
-    moco.train_keys.assign(np.where(np.arange(source.num_examples)[:, None] == 7, 0, keys))
-    callback.on_epoch_begin(1)
-    assert callback.details["clustered_train_keys"] == 0.0
-    assert (moco.pseudo_labels.numpy() >= 0).all()
-    # Complete: the table is what gets clustered, so its ten groups come back exactly.
-    moco.train_keys.assign(keys)
-    callback.on_epoch_begin(1)
-    assert callback.details["clustered_train_keys"] == 1.0
-    labels = moco.pseudo_labels.numpy()[0]
-    assert all(len(np.unique(labels[groups == g])) == 1 for g in range(10))
-    assert len(np.unique(labels)) == 10
-
-
-def test_unknown_cluster_features_is_refused(one_replica):
-    with pytest.raises(ValueError, match="cluster_features must be one of"):
-        callbacks.PseudoLabelCallback(None, 10, [2], 2, 1, 0.0, 1.0, "linear", "tf", 0,
-                                      one_replica, cluster_features="views")
+from ifnd_tf import callbacks
 
 
 def test_non_finite_loss_guard_names_step_and_kept_checkpoint(tmp_path):
@@ -126,3 +24,33 @@ def test_metrics_csv_drops_rows_a_resumed_run_redoes(tmp_path):
     callbacks.MetricsCsv(path, completed_epochs=2)  # killed after logging epoch 2, before saving
     assert (tmp_path / "metrics.csv").read_text().splitlines() == [
         "epoch,acc,loss", "0,0.5,1.0", "1,0.5,0.5"]
+
+
+def test_metrics_csv_keeps_a_metric_that_first_appears_after_a_resume(tmp_path):
+    path = str(tmp_path / "metrics.csv")
+    log = callbacks.MetricsCsv(path, completed_epochs=0)
+    log.on_epoch_end(0, {"loss": 2.0})
+    resumed = callbacks.MetricsCsv(path, completed_epochs=1)
+    resumed.on_epoch_end(1, {"loss": 1.0, "knn_top1": 0.5})
+    resumed.on_epoch_end(2, {"loss": 0.5, "knn_top1": 0.75})
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "epoch,knn_top1,loss", "0,nan,2.0", "1,0.5,1.0", "2,0.75,0.5"]
+    assert [row.get("knn_top1") for row in callbacks.read_metrics(path)] == [None, 0.5, 0.75]
+
+
+def test_epoch_timer_adds_seconds_to_the_logs():
+    timer = callbacks.EpochTimer()
+    timer.on_epoch_begin(0)
+    logs = {"loss": 1.0}
+    timer.on_epoch_end(0, logs)
+    assert logs["seconds"] >= 0.0 and logs["loss"] == 1.0
+
+
+def test_read_metrics_skips_cells_without_a_number(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,knn_top1,loss,seconds\n0,0.5,6.9,30.0\n1,nan,6.5,31.5\n2,NA,,29.0\n")
+    history = callbacks.read_metrics(str(path))
+    assert history == [{"epoch": 1, "knn_top1": 0.5, "loss": 6.9, "seconds": 30.0},
+                       {"epoch": 2, "loss": 6.5, "seconds": 31.5},
+                       {"epoch": 3, "seconds": 29.0}]
+    assert callbacks.read_metrics(str(tmp_path / "missing.csv")) == []

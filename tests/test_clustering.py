@@ -42,17 +42,18 @@ def test_same_seed_same_labels(backend):
 @pytest.mark.parametrize("epoch, expected", [(0, 0.0), (1, 0.0), (2, 0.25), (4, 0.75), (5, 1.0)])
 def test_linear_schedule_reaches_end_at_last_epoch(epoch, expected):
     # 6 epochs, 2 warm-up: alpha = 0, 0 then four linear steps from 0 towards 1.
-    assert clustering.acceptance_rate(epoch, 6, 2, 0.0, 1.0, "linear") == pytest.approx(expected)
+    schedule = clustering.AcceptanceSchedule(6, 2, 0.0, 1.0, "linear")
+    assert schedule.alpha(epoch) == pytest.approx(expected)
 
 
 def test_schedule_start_value_and_cosine_shape():
-    assert clustering.acceptance_rate(2, 6, 2, 0.2, 1.0, "linear") == pytest.approx(0.4)
+    assert clustering.AcceptanceSchedule(6, 2, 0.2, 1.0).alpha(2) == pytest.approx(0.4)
     # cosine at progress 0.5 is halfway; at progress 0.25 below linear.
-    assert clustering.acceptance_rate(3, 6, 2, 0.0, 1.0, "cosine") == pytest.approx(0.5)
-    assert clustering.acceptance_rate(2, 6, 2, 0.0, 1.0, "cosine") == pytest.approx(
-        0.5 * (1 - np.cos(np.pi / 4)))
+    cosine = clustering.AcceptanceSchedule(6, 2, 0.0, 1.0, "cosine")
+    assert cosine.alpha(3) == pytest.approx(0.5)
+    assert cosine.alpha(2) == pytest.approx(0.5 * (1 - np.cos(np.pi / 4)))
     with pytest.raises(ValueError, match="--alpha_shape"):
-        clustering.acceptance_rate(3, 6, 2, shape="step")
+        clustering.AcceptanceSchedule(6, 2, shape="step")
 
 
 def test_top_alpha_is_per_cluster_by_confidence():
@@ -93,3 +94,44 @@ def test_subsampling_caps_the_training_set():
     centroids = clustering.fit_centroids(points, 4, "tf", seed=0, max_points_per_centroid=20)
     assign, _ = clustering.assign_with_confidence(clustering._l2_normalize(points), centroids)
     assert adjusted_rand_score(truth, assign) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("backend", clustering.BACKENDS)
+def test_fewer_distinct_points_than_k_names_the_flag(backend):
+    # Collapsed embeddings: 3 distinct directions cannot make 5 clusters (was a division by 0).
+    points = np.repeat(np.eye(8, dtype=np.float32)[:3], 40, axis=0)
+    with pytest.raises(clustering.ConfigError, match="--num_clusters: k=5 .* only 3 distinct"):
+        clustering.hierarchical_pseudo_labels(points, [5], 1.0, backend, seed=0)
+
+
+def test_sklearn_backend_is_spherical_like_faiss_and_tf():
+    # Points at very different norms along two directions: Euclidean k-means on the raw
+    # points would split by norm; spherical k-means (all backends) splits by direction.
+    rng = np.random.default_rng(0)
+    directions = np.repeat(np.eye(4, dtype=np.float32)[:2], 100, axis=0)
+    norms = np.tile(np.r_[np.full(50, 0.1), np.full(50, 10.0)], 2)[:, None].astype(np.float32)
+    points = directions * norms + 0.02 * rng.normal(size=directions.shape).astype(np.float32)
+    for backend in clustering.BACKENDS:
+        centroids = clustering.fit_centroids(points, 2, backend, seed=0)
+        np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-5)
+    # The same seeds and the same spherical Lloyd steps: sklearn and tf land on one answer.
+    unit = clustering._l2_normalize(points)
+    unit += 0.3 * rng.normal(size=unit.shape).astype(np.float32)
+    unit = clustering._l2_normalize(unit)
+    np.testing.assert_allclose(clustering.fit_centroids(unit, 2, "sklearn", seed=3, iterations=5),
+                               clustering.fit_centroids(unit, 2, "tf", seed=3, iterations=5),
+                               atol=1e-4)
+
+
+def test_tf_backend_reseeds_an_empty_cluster_at_the_worst_fit_point():
+    # Two seeds on the same point: one cluster gets every point, the other none. The empty
+    # one moves to the point farthest from its centroid instead of staying where it was.
+    points = clustering._l2_normalize(np.array(
+        [[1.0, 0.0], [0.99, 0.1], [0.98, -0.1], [0.0, 1.0]], np.float32))
+    init = np.stack([points[0], points[0]])
+    centroids = clustering._fit_tf(points, init, iterations=1)
+    np.testing.assert_allclose(centroids[1], points[3], atol=1e-6)
+    assert not np.allclose(centroids[0], centroids[1])
+    final = clustering._fit_tf(points, init, iterations=3)
+    assign, _ = clustering.assign_with_confidence(points, final)
+    np.testing.assert_array_equal(assign, [0, 0, 0, 1])

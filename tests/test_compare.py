@@ -2,13 +2,13 @@
 import json
 
 import pytest
-from test_train import run_cli
+from conftest import run_smoke
 
-from ifnd_tf import compare, monitors
+from ifnd_tf import callbacks, compare
 
 
 def _compare(model_dir, *extra):
-    return run_cli("ifnd_tf.compare", model_dir, "--linear_epochs=10", *extra, timeout=900)
+    return run_smoke("ifnd_tf.compare", model_dir, "--linear_epochs=10", *extra, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +19,13 @@ def compared(tmp_path_factory):
     return model_dir, result
 
 
+@pytest.mark.e2e
 def test_table_has_both_runs_from_their_own_outputs(compared):
     model_dir, result = compared
     rows = json.loads((model_dir / "compare.json").read_text())
     assert list(rows) == ["MoCo v2", "MoCo v2 + IFND"]
     for name, folder in (("MoCo v2", "moco"), ("MoCo v2 + IFND", "ifnd")):
-        history = monitors.read_metrics(str(model_dir / folder / "metrics.csv"))
+        history = callbacks.read_metrics(str(model_dir / folder / "metrics.csv"))
         probe = json.loads((model_dir / folder / "linear_eval" / "result.json").read_text())
         assert rows[name]["epochs"] == len(history) == 3
         assert rows[name]["knn_top1"] == pytest.approx(history[-1]["knn_top1"])
@@ -37,15 +38,17 @@ def test_table_has_both_runs_from_their_own_outputs(compared):
     assert table.splitlines()[2].startswith("| MoCo v2 | ") and "| – | – |" in table
 
 
+@pytest.mark.e2e
 def test_ifnd_run_has_its_diagnostics(compared):
     model_dir, _ = compared
-    history = monitors.read_metrics(str(model_dir / "ifnd" / "metrics.csv"))
+    history = callbacks.read_metrics(str(model_dir / "ifnd" / "metrics.csv"))
     assert {"purity_k10", "purity_k20", "accepted", "fn_recall"} <= set(history[-1])
     assert history[-1]["accepted"] == 1437  # alpha = 1 at the last epoch
     for picture in ("curves.png", "features_pca.png"):
         assert (model_dir / "ifnd" / "diagnostics" / picture).stat().st_size > 10_000
 
 
+@pytest.mark.e2e
 def test_second_run_reads_instead_of_training(compared):
     model_dir, first = compared
     again = _compare(model_dir)
@@ -54,6 +57,7 @@ def test_second_run_reads_instead_of_training(compared):
     assert (model_dir / "compare.md").read_text() in again.stdout
 
 
+@pytest.mark.e2e
 def test_failed_step_is_one_clear_line(tmp_path):
     with pytest.raises(compare.StepError) as error:
         compare.run_step("ifnd_tf.train", ["--flagfile=flags/smoke.cfg", f"--model_dir={tmp_path}",

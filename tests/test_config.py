@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 from absl.testing import flagsaver
 
@@ -40,3 +42,20 @@ def test_key_bn_splits_must_spread_evenly_over_replicas():
             pytest.raises(config.ConfigError, match="--key_bn_splits=3 must be 1 or a multiple "
                                                      "of the 2 replicas"):
         config.validate_flags(num_replicas=2)
+
+
+def test_run_config_is_read_once_from_the_flags():
+    with flagsaver.flagsaver(num_clusters=["5", "7"], temperature=0.5, ifnd=True):
+        cfg = config.RunConfig.from_flags()
+    assert cfg.num_clusters == (5, 7) and cfg.temperature == 0.5 and cfg.num_levels == 2
+    assert config.RunConfig.from_flags().temperature == 0.2  # a value, not a view of FLAGS
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.temperature = 1.0
+
+
+def test_run_config_defaults_with_changes_need_no_command_line():
+    cfg = config.RunConfig.defaults(ifnd=False, alpha_shape="cosine", epochs=6, warmup_epochs=2)
+    assert cfg.num_levels == 1 and cfg.backbone == config.FLAGS["backbone"].default
+    assert cfg.acceptance_schedule().alpha(3) == pytest.approx(0.5)
+    assert cfg.kmeans().threads is None  # --kmeans_threads=0: the libraries' default
+

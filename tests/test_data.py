@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import write_image_folder
 
 from ifnd_tf import data
 
@@ -102,17 +103,8 @@ def test_unknown_dataset_name_is_reported(tmp_path):
         data.load_source("no_such_dataset", data_dir=str(tmp_path))
 
 
-def _write_image_folder(root, classes=("cat", "dog"), per_class=3, size=(20, 30)):
-    rng = np.random.default_rng(0)
-    for c in classes:
-        os.makedirs(root / "train" / c)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-            tf.io.write_file(str(root / "train" / c / f"{i}.png"), tf.io.encode_png(pixels))
-
-
 def test_image_folder_in_imagenet_layout(tmp_path):
-    _write_image_folder(tmp_path)
+    write_image_folder(tmp_path)
     source = data.load_source(f"folder:{tmp_path}")
     assert (source.num_examples, source.num_classes) == (6, 2)
     np.testing.assert_array_equal(source.labels, [0, 0, 0, 1, 1, 1])
@@ -123,7 +115,7 @@ def test_image_folder_in_imagenet_layout(tmp_path):
 
 
 def test_folder_without_val_names_it_for_the_test_split(tmp_path):
-    _write_image_folder(tmp_path)
+    write_image_folder(tmp_path)
     with pytest.raises(data.DataError) as error:
         data.load_source(f"folder:{tmp_path}", "test")
     assert str(error.value) == (f"--dataset=folder:{tmp_path}: no val/ folder beside train/ "
@@ -164,7 +156,7 @@ def test_each_pass_is_a_new_permutation_without_repeats():
 
 
 def test_unreadable_images_are_skipped_with_a_count_or_stop_when_strict(tmp_path, capsys):
-    _write_image_folder(tmp_path)
+    write_image_folder(tmp_path)
     bad = tmp_path / "train" / "dog" / "9.png"
     bad.write_bytes(b"\x89PNG truncated")
     source = data.load_source(f"folder:{tmp_path}")
@@ -172,3 +164,17 @@ def test_unreadable_images_are_skipped_with_a_count_or_stop_when_strict(tmp_path
     assert f"skipped 1 unreadable images in {tmp_path}/train (first: {bad})" in capsys.readouterr().out
     with pytest.raises(data.DataError, match=f"unreadable image {bad} .*--strict_data"):
         data.load_source(f"folder:{tmp_path}", strict=True)
+
+
+def test_labelled_pipeline_keeps_only_the_subset_with_true_labels():
+    source = data.load_source("digits", "test")
+    indices = np.sort(np.random.default_rng(0).choice(source.num_examples, 36, replace=False))
+    batches = list(data.labelled_pipeline(source, 16, 12, indices, train=True, seed=0))
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    assert images.shape == (len(indices), 12, 12, 3)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert sorted(labels) == sorted(source.labels[indices])  # shuffled, same examples
+    evaluation = data.labelled_pipeline(source, 100, 12)
+    np.testing.assert_array_equal(np.concatenate([y.numpy() for _, y in evaluation]),
+                                  source.labels)  # every example once, in order

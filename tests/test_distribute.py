@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_train import ROOT, _metrics, _restore
+from conftest import ROOT, read_metrics_csv, restore_smoke_model
 
 from ifnd_tf import distribute
 
@@ -49,6 +49,7 @@ def _free_ports(count):
     return ports
 
 
+@pytest.mark.e2e
 def test_two_workers_train_to_identical_weights_and_labels(tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     processes = []
@@ -64,7 +65,7 @@ def test_two_workers_train_to_identical_weights_and_labels(tmp_path):
     assert processes[0].returncode == 0, outputs[0][-3000:]
     assert "IFND epoch 2: alpha=1" in outputs[0] and "IFND epoch 2: alpha=1" in outputs[1]
 
-    chief, worker = _restore(tmp_path), _restore(tmp_path / "worker_1")
+    chief, worker = restore_smoke_model(tmp_path), restore_smoke_model(tmp_path / "worker_1")
     np.testing.assert_array_equal(chief.pseudo_labels.numpy(), worker.pseudo_labels.numpy())
     assert (chief.pseudo_labels.numpy() >= 0).all()
     np.testing.assert_array_equal(chief.queue_ids.numpy(), worker.queue_ids.numpy())
@@ -73,5 +74,5 @@ def test_two_workers_train_to_identical_weights_and_labels(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
     # --batch_size is global: 6 steps of 64 keys (32 per worker) moved the pointer to 384 % 256.
     assert int(chief.queue_ptr.numpy()) == 128
-    assert [row["loss"] for row in _metrics(tmp_path)] == \
-        [row["loss"] for row in _metrics(tmp_path / "worker_1")]
+    assert [row["loss"] for row in read_metrics_csv(tmp_path)] == \
+        [row["loss"] for row in read_metrics_csv(tmp_path / "worker_1")]

@@ -1,16 +1,13 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import keras
 import pytest
 from absl.testing import flagsaver
+from conftest import run_cli
 
 from ifnd_tf import config, data, export, finetune, model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +28,11 @@ def test_finetuning_learns_from_ten_percent_of_the_labels(random_init_export, on
     assert result["top1"] <= result["top5"]
 
 
+@pytest.mark.e2e
 def test_cli_fine_tunes_each_fraction_and_writes_result_json(random_init_export):
-    command = [sys.executable, "-m", "ifnd_tf.finetune", "--flagfile=flags/smoke.cfg",
-               f"--saved_model={random_init_export}", "--finetune_fractions=0.01,0.1",
-               "--finetune_epochs=1,2", "--eval_batch_size=32"]
-    result = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = run_cli("ifnd_tf.finetune", "--flagfile=flags/smoke.cfg",
+                     f"--saved_model={random_init_export}", "--finetune_fractions=0.01,0.1",
+                     "--finetune_epochs=1,2", "--eval_batch_size=32")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = os.path.dirname(os.path.dirname(random_init_export))  # <run>/export/saved_model
     with open(os.path.join(run_dir, "finetune", "result.json")) as f:

@@ -1,7 +1,7 @@
 import numpy as np
+from conftest import write_image_folder
 
 from ifnd_tf import data, fingerprint
-from tests.test_data import _write_image_folder
 
 
 def test_arrays_fingerprint_sees_one_changed_pixel():
@@ -18,7 +18,7 @@ def test_arrays_fingerprint_sees_one_changed_pixel():
 
 
 def test_folder_fingerprint_sees_added_and_swapped_files(tmp_path):
-    _write_image_folder(tmp_path)
+    write_image_folder(tmp_path)
     before = data.load_source(f"folder:{tmp_path}").fingerprint
     assert before["examples"] == 6 and before["kind"] == "files"
     assert fingerprint.describe_change(before, data.load_source(f"folder:{tmp_path}").fingerprint) \

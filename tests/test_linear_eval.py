@@ -1,33 +1,25 @@
 """The linear probe, end to end on digits: pre-train with the CLI, probe with the CLI."""
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_cli
 
 from ifnd_tf import data, linear_eval, model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # smoke.cfg's model, trained long enough (15 passes over digits) to learn something.
 PRETRAIN = ["--flagfile=flags/smoke.cfg", "--epochs=15", "--steps_per_epoch=0", "--ifnd=false",
             "--learning_rate=0.1", "--knn_every=0"]
 
 
-def _run(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *args], check=False, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def probed_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("pretrained")
-    trained = _run("ifnd_tf.train", *PRETRAIN, f"--model_dir={model_dir}")
+    trained = run_cli("ifnd_tf.train", *PRETRAIN, f"--model_dir={model_dir}")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    probed = _run("ifnd_tf.linear_eval", "--flagfile=flags/smoke.cfg",
+    probed = run_cli("ifnd_tf.linear_eval", "--flagfile=flags/smoke.cfg",
                   f"--saved_model={model_dir}/export/saved_model")
     assert probed.returncode == 0, probed.stderr[-3000:]
     return model_dir, probed
@@ -46,6 +38,7 @@ def random_init_probe(one_replica):
     return encoder, before, result
 
 
+@pytest.mark.e2e
 def test_probe_writes_result_json_next_to_the_export(probed_run):
     model_dir, probed = probed_run
     result = json.loads((model_dir / "linear_eval" / "result.json").read_text())
@@ -55,6 +48,7 @@ def test_probe_writes_result_json_next_to_the_export(probed_run):
     assert f"linear probe: top-1 {result['top1']:.4f}" in probed.stdout
 
 
+@pytest.mark.e2e
 def test_pretrained_backbone_beats_random_init(probed_run, random_init_probe):
     model_dir, _ = probed_run
     pretrained = json.loads((model_dir / "linear_eval" / "result.json").read_text())["top1"]
@@ -71,11 +65,12 @@ def test_probe_leaves_backbone_weights_unchanged_and_the_check_sees_a_change(ran
     assert not linear_eval.weights_equal(before, encoder)
 
 
+@pytest.mark.e2e
 def test_missing_saved_model_is_one_clear_line(tmp_path):
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "encoder.keras").write_bytes(b"")  # must not be used instead
-    result = _run("ifnd_tf.linear_eval", "--flagfile=flags/smoke.cfg",
-                  f"--saved_model={tmp_path}/export/saved_model")
+    result = run_cli("ifnd_tf.linear_eval", "--flagfile=flags/smoke.cfg",
+                     f"--saved_model={tmp_path}/export/saved_model")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         f"ifnd_tf.linear_eval: error: --saved_model={tmp_path}/export/saved_model: no such "

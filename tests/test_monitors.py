@@ -3,26 +3,10 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
+from conftest import event_tags
 
-from ifnd_tf import callbacks, data, evaluate, model, monitors
-
-
-def _image_tags(folder):
-    tags = set()
-    for path in folder.glob("events.out.tfevents.*"):
-        events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
-        events.Reload()
-        tags |= set(events.Tags()["tensors"])
-    return tags
-
-
-def test_epoch_timer_adds_seconds_to_the_logs():
-    timer = monitors.EpochTimer()
-    timer.on_epoch_begin(0)
-    logs = {"loss": 1.0}
-    timer.on_epoch_end(0, logs)
-    assert logs["seconds"] >= 0.0 and logs["loss"] == 1.0
+from ifnd_tf import data, knn, model, monitors
+from ifnd_tf.embedding import DatasetEmbedder
 
 
 def test_knn_monitor_logs_the_knn_top1_of_the_query_backbone(one_replica, tmp_path):
@@ -46,37 +30,27 @@ def test_knn_monitor_logs_the_knn_top1_of_the_query_backbone(one_replica, tmp_pa
 
     def features(source):
         pipeline = data.embedding_pipeline(source, 100, 16)
-        return callbacks.DatasetEmbedder(encoder, one_replica, pipeline, source.num_examples,
+        return DatasetEmbedder(encoder, one_replica, pipeline, source.num_examples,
                                          output="features")()
 
-    expected = evaluate.knn_top1(features(train), train.labels, features(test), test.labels, 10,
+    expected = knn.knn_top1(features(train), train.labels, features(test), test.labels, 10,
                                  k=20, temperature=0.1)
     assert logged[4] == pytest.approx(expected)
     assert logged[4] > 0.5  # random conv features already separate digits well (chance 0.1)
     assert (tmp_path / "pictures" / "features_pca.png").stat().st_size > 10_000
-    assert "diagnostics/features_pca" in _image_tags(tmp_path / "logs")
-
-
-def test_read_metrics_skips_cells_without_a_number(tmp_path):
-    path = tmp_path / "metrics.csv"
-    path.write_text("epoch,knn_top1,loss,seconds\n0,0.5,6.9,30.0\n1,nan,6.5,31.5\n2,NA,,29.0\n")
-    history = monitors.read_metrics(str(path))
-    assert history == [{"epoch": 1, "knn_top1": 0.5, "loss": 6.9, "seconds": 30.0},
-                       {"epoch": 2, "loss": 6.5, "seconds": 31.5},
-                       {"epoch": 3, "seconds": 29.0}]
-    assert monitors.read_metrics(str(tmp_path / "missing.csv")) == []
+    assert "diagnostics/features_pca" in event_tags(tmp_path / "logs")
 
 
 def test_diagnostics_plotter_draws_the_csv_to_png_and_tensorboard(tmp_path):
-    (tmp_path / "metrics.csv").write_text(
+    (tmp_path / "metrics.csv").write_text(  # warm-up epoch: no detection diagnostics (nan)
         "epoch,accepted,fn_precision,fn_recall,knn_top1,purity_k10\n"
-        "0,0,0,0,0.6,0\n1,800,0.5,0.2,0.7,0.8\n")
+        "0,0,nan,nan,0.6,nan\n1,800,0.5,0.2,0.7,0.8\n")
     plotter = monitors.DiagnosticsPlotter(
         str(tmp_path / "metrics.csv"), str(tmp_path / "pictures"),
         tf.summary.create_file_writer(str(tmp_path / "logs")))
     plotter.on_epoch_end(1, {})
     png = (tmp_path / "pictures" / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "diagnostics/curves" in _image_tags(tmp_path / "logs")
+    assert "diagnostics/curves" in event_tags(tmp_path / "logs")
     np.testing.assert_array_equal(
         tf.image.decode_png(png).shape[:2], [700, 1000])

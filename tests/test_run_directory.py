@@ -2,6 +2,7 @@ import os
 
 import pytest
 import tensorflow as tf
+from conftest import lock_holder
 
 from ifnd_tf import run_directory
 
@@ -99,26 +100,11 @@ def test_checkpoint_of_another_model_is_named(tmp_path):
         run_directory.restore_newest(other, str(tmp_path))
 
 
-def _holder(folder):
-    """A separate process that takes the lock of folder and sleeps; returns (process, pid)."""
-    import subprocess
-    import sys
-
-    code = ("import sys, time; from ifnd_tf import run_directory; "
-            "run_directory.acquire_lock(sys.argv[1]); print('held', flush=True); time.sleep(300)")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    process = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=root,
-                               stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "IFND_FAST_ALLOCATOR": "0"})
-    assert process.stdout.readline().strip() == "held"
-    return process
-
-
 def test_second_writer_is_refused_naming_pid_and_host(tmp_path):
     import signal
     import socket
 
-    process = _holder(tmp_path)
+    process = lock_holder(tmp_path)
     try:
         with pytest.raises(run_directory.RunDirError) as error:
             run_directory.acquire_lock(str(tmp_path))

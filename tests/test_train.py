@@ -11,32 +11,23 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorboard.backend.event_processing import event_accumulator
+from conftest import (
+    ROOT,
+    event_tags,
+    lock_holder,
+    read_metrics_csv,
+    restore_smoke_model,
+    run_smoke,
+    write_image_folder,
+)
 
 from ifnd_tf import preemption
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_cli(module: str, model_dir, *extra, timeout: int = 600):
-    """`python -m <module> --flagfile=flags/smoke.cfg --model_dir=...`, output captured."""
-    command = [sys.executable, "-m", module, "--flagfile=flags/smoke.cfg",
-               f"--model_dir={model_dir}", *extra]
-    return subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+pytestmark = pytest.mark.e2e
 
 
 def _train(model_dir, *extra):
-    return run_cli("ifnd_tf.train", model_dir, *extra)
-
-
-def _scalar_tags(folder):
-    tags = set()
-    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
-        events = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
-        events.Reload()
-        tags |= set(events.Tags()["tensors"])
-    return tags
+    return run_smoke("ifnd_tf.train", model_dir, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -60,20 +51,28 @@ def test_smoke_run_writes_checkpoints_flags_and_tensorboard(smoke_run):
     flags = json.loads((model_dir / "flags.json").read_text())
     assert flags["dataset"] == "digits" and flags["epochs"] == 3
     assert {"epoch_loss", "epoch_acc", "epoch_masked", "epoch_alpha", "epoch_fn_precision",
-            "epoch_lr"} <= _scalar_tags(model_dir / "logs" / "train")
+            "epoch_lr"} <= event_tags(model_dir / "logs" / "train")
     assert {"ifnd/alpha", "ifnd/fn_precision", "ifnd/fn_recall", "ifnd/accepted_k10",
-            "ifnd/largest_cluster_k20"} <= _scalar_tags(model_dir / "logs" / "ifnd")
+            "ifnd/largest_cluster_k20"} <= event_tags(model_dir / "logs" / "ifnd")
+
+
+def test_warmup_logs_no_detection_and_acc_is_unmasked(smoke_run):
+    model_dir, _ = smoke_run
+    rows = read_metrics_csv(model_dir)
+    # Warm-up detects nothing: no FN precision / recall / purity (nan), not a fake 0.
+    assert all(np.isnan(rows[0][k]) for k in ("fn_precision", "fn_recall", "purity_k10"))
+    assert all(np.isfinite(row["fn_precision"]) for row in rows[1:])
+    assert rows[0]["accepted"] == 0.0
+    # acc ranks the positive against every negative (comparable with plain MoCo);
+    # acc_without_fn leaves out the detected false negatives, so it can only be higher.
+    assert rows[0]["acc"] == rows[0]["acc_without_fn"]  # nothing masked in warm-up
+    assert rows[2]["masked"] > 0 and all(r["acc_without_fn"] >= r["acc"] for r in rows)
 
 
 def test_saved_model_matches_the_trained_encoder(smoke_run):
     model_dir, _ = smoke_run
-    from ifnd_tf import model
-
-    encoder = model.build_encoder("small", 16, 0.25, embedding_dim=32)
-    moco = model.MomentumContrast(encoder, model.build_encoder("small", 16, 0.25, embedding_dim=32),
-                                  num_examples=1437, queue_size=256, num_levels=2)
-    checkpoint = tf.train.Checkpoint(model=moco)
-    checkpoint.restore(tf.train.latest_checkpoint(str(model_dir / "checkpoints"))).expect_partial()
+    moco = restore_smoke_model(model_dir)
+    encoder = moco.encoder
     images = tf.random.uniform([5, 16, 16, 3], seed=3)
     loaded = tf.saved_model.load(str(model_dir / "export" / "saved_model"))
     np.testing.assert_allclose(loaded.embedding(images).numpy(),
@@ -107,23 +106,6 @@ def test_model_dir_with_other_flags_is_refused(smoke_run):
     assert json.loads((model_dir / "flags.json").read_text())["epochs"] == 3
 
 
-def _restore(model_dir, num_levels=2, remember_keys=False):
-    from ifnd_tf import model
-
-    encoders = [model.build_encoder("small", 16, 0.25, embedding_dim=32) for _ in range(2)]
-    moco = model.MomentumContrast(*encoders, num_examples=1437, queue_size=256,
-                                  num_levels=num_levels, remember_keys=remember_keys)
-    tf.train.Checkpoint(model=moco).restore(
-        tf.train.latest_checkpoint(str(model_dir / "checkpoints"))).expect_partial()
-    return moco
-
-
-def _metrics(model_dir):
-    lines = (model_dir / "metrics.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    return [dict(zip(header, map(float, row.split(",")))) for row in lines[1:]]
-
-
 LONGER = ("--steps_per_epoch=40", "--export=false")  # 40 steps of ~0.3 s: time to interrupt
 
 
@@ -152,12 +134,12 @@ def _interrupt(model_dir, appears: str, sig, *extra):
 
 
 def _assert_same_run(got_dir, want_dir):
-    got, want = _metrics(got_dir), _metrics(want_dir)
+    got, want = read_metrics_csv(got_dir), read_metrics_csv(want_dir)
     assert [row["epoch"] for row in got] == [0.0, 1.0, 2.0]
     for a, b in zip(got, want):
         for key in ("loss", "acc", "masked", "alpha", "fn_precision"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (key, a, b)
-    a, b = _restore(got_dir), _restore(want_dir)
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5, nan_ok=True), (key, a, b)
+    a, b = restore_smoke_model(got_dir), restore_smoke_model(want_dir)
     np.testing.assert_array_equal(a.queue_ids.numpy(), b.queue_ids.numpy())
     np.testing.assert_array_equal(a.pseudo_labels.numpy(), b.pseudo_labels.numpy())
     np.testing.assert_allclose(a.queue_keys.numpy(), b.queue_keys.numpy(), atol=1e-4)
@@ -189,7 +171,7 @@ def test_sigterm_checkpoints_the_step_and_resumes_mid_epoch_exactly(tmp_path, un
     assert 50 <= step < 80, last
     assert last == (f"ifnd_tf.train: stopped by SIGTERM after step {step}; checkpoint "
                     f"{stopped}/checkpoints/ckpt-{step} written; run the same command to resume")
-    assert [row["epoch"] for row in _metrics(stopped)] == [0.0]  # epoch 2 was not finished
+    assert [row["epoch"] for row in read_metrics_csv(stopped)] == [0.0]  # epoch 2 was not finished
 
     resumed = _train(stopped, *LONGER)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -208,7 +190,8 @@ def test_train_keys_run_clusters_the_keys_training_wrote(tmp_path):
                   if line.startswith("IFND epoch")}
     assert "clustered_train_keys=0," in ifnd_lines["IFND epoch 2"]  # centre-view pass instead
     assert "clustered_train_keys=1," in ifnd_lines["IFND epoch 4"]
-    table = _restore(tmp_path, remember_keys=True).train_keys.numpy()  # checkpointed
+    restored = restore_smoke_model(tmp_path, cluster_features="train_keys")  # checkpointed
+    table = restored.train_keys.numpy()
     np.testing.assert_allclose(np.linalg.norm(table, axis=1), 1.0, rtol=1e-4)
 
 
@@ -217,10 +200,11 @@ def test_same_seed_same_loss_curve(smoke_run, tmp_path):
     again = _train(tmp_path, "--export=false")
     assert again.returncode == 0, again.stderr[-3000:]
     learned = ("loss", "acc", "masked", "alpha", "fn_precision", "fn_recall")
-    assert [[row[k] for k in learned] for row in _metrics(tmp_path)] == \
-        [[row[k] for k in learned] for row in _metrics(model_dir)]
+    curves = [[[row[k] for k in learned] for row in read_metrics_csv(d)]
+              for d in (tmp_path, model_dir)]
+    np.testing.assert_array_equal(*curves)
     other = _train(tmp_path / "other", "--export=false", "--seed=1")
-    assert _metrics(tmp_path / "other")[0]["loss"] != _metrics(model_dir)[0]["loss"]
+    assert read_metrics_csv(tmp_path / "other")[0]["loss"] != read_metrics_csv(model_dir)[0]["loss"]
     assert other.returncode == 0
 
 
@@ -313,7 +297,7 @@ def test_lost_state_file_and_newest_checkpoint_resume_from_the_previous(smoke_ru
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed from {checkpoints}/ckpt-{previous} (epoch 2, step 8)" in result.stdout
     assert "Epoch 1/3" not in result.stdout and "Epoch 3/3" in result.stdout
-    assert [row["epoch"] for row in _metrics(run)] == [0.0, 1.0, 2.0]
+    assert [row["epoch"] for row in read_metrics_csv(run)] == [0.0, 1.0, 2.0]
 
 
 def test_damaged_newest_checkpoint_is_set_aside_and_the_run_continues(smoke_run, tmp_path):
@@ -335,9 +319,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_continues(smoke_run,
 
 
 def test_second_process_on_a_model_dir_is_refused_before_writing(tmp_path):
-    from tests.test_run_directory import _holder
-
-    holder = _holder(tmp_path)
+    holder = lock_holder(tmp_path)
     try:
         result = _train(tmp_path)
     finally:
@@ -371,10 +353,8 @@ def test_collapsed_embedding_stops_with_the_last_good_checkpoint(tmp_path):
 
 
 def test_resume_on_changed_data_is_refused_saying_what_changed(tmp_path):
-    from tests.test_data import _write_image_folder
-
     images, run = tmp_path / "images", tmp_path / "run"
-    _write_image_folder(images, classes=("a", "b", "c", "d"), per_class=20, size=(16, 16))
+    write_image_folder(images, classes=("a", "b", "c", "d"), per_class=20, size=(16, 16))
     folder = (f"--dataset=folder:{images}", "--num_clusters=2,3", "--epochs=2", "--knn_every=0",
               "--export=false")
     first = _train(run, *folder)

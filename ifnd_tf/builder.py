@@ -1,0 +1,103 @@
+"""What a pre-training run is made of, from a RunConfig: the compiled model and the callbacks.
+
+train.py builds them for a run; bench/ and the tests build the same model from
+`config.RunConfig.defaults(...)` without parsing flags.
+"""
+import os
+
+import keras
+import tensorflow as tf
+
+from ifnd_tf import callbacks, collapse, data, model, monitors, preemption, pseudo_labels
+from ifnd_tf.config import RunConfig
+
+
+def use_jit(mode: str, strategy: tf.distribute.Strategy, deterministic: bool) -> bool:
+    """XLA for the step: `on` (validated: one replica, no op determinism), or `auto` = exactly
+    one GPU without determinism (XLA was not faster on CPU; docs/design.md "XLA")."""
+    if mode == "auto":
+        return (strategy.num_replicas_in_sync == 1 and not deterministic
+                and bool(tf.config.list_physical_devices("GPU")))
+    return mode == "on"
+
+
+def describe_step(moco: model.MomentumContrast, mode: str) -> str:
+    """One start-up line saying whether the step really is XLA-compiled (Keras may refuse)."""
+    if moco.jit_compile:
+        return "train step: XLA-compiled"
+    why = {"off": "--jit_compile=off", "on": "Keras declined to compile this model"}.get(
+        mode, "--jit_compile=auto compiles only on exactly one GPU with --deterministic=false")
+    return f"train step: not XLA-compiled ({why})"
+
+
+def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
+                jit: bool = False) -> model.MomentumContrast:
+    """Encoders, MoCo model and SGD with linear-scaled lr and cosine decay (call in scope)."""
+    key_groups = model.key_bn_groups(cfg.key_bn_splits,
+                                     tf.distribute.get_strategy().num_replicas_in_sync)
+    encoders = [model.build_encoder(cfg.backbone, cfg.image_size, cfg.width_multiplier,
+                                    cfg.embedding_dim, cfg.sync_bn, bn_groups=groups)
+                for groups in (None, key_groups)]  # query, key (shuffle-BN groups)
+    moco = model.MomentumContrast(
+        encoders[0], encoders[1], num_examples, queue_size=cfg.queue_size,
+        num_levels=cfg.num_levels, temperature=cfg.temperature, momentum=cfg.moco_momentum,
+        fn_strategy=cfg.fn_strategy, key_bn_splits=cfg.key_bn_splits,
+        weight_decay=cfg.weight_decay, seed=cfg.seed,
+        remember_keys=cfg.ifnd and cfg.cluster_features == pseudo_labels.TRAIN_KEYS)
+    moco.copy_query_to_key_encoder()
+    schedule = keras.optimizers.schedules.CosineDecay(
+        cfg.learning_rate * cfg.batch_size / 256, decay_steps=cfg.epochs * steps_per_epoch)
+    optimizer = keras.optimizers.SGD(schedule, momentum=cfg.sgd_momentum)
+    if cfg.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    moco.compile(optimizer=optimizer, jit_compile=jit)
+    optimizer.build(moco.encoder.trainable_variables)
+    return moco
+
+
+def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.Source,
+                   manager: tf.train.CheckpointManager, position: preemption.RunPosition,
+                   steps: int, phase: preemption.Phase, stop: preemption.StopRequest,
+                   run_dir: str) -> list:
+    """Callbacks writing into run_dir (this worker's share of --model_dir), for the fit calls
+    from `phase` (the first) on, in the order the epoch logs need: timer first, guards before
+    the saver, pseudo-labels and kNN before the loggers, saver after metrics.csv, plotter last."""
+    initial_epoch = phase.first_epoch
+    resumed_epoch = initial_epoch if phase.start_step % steps else None  # resumed mid-epoch
+    saver = preemption.StepCheckpointer(manager, position, steps, phase.start_step,
+                                        cfg.checkpoint_every_steps, stop)
+    result = [callbacks.EpochTimer(),  # first: the epoch time includes the clustering pass
+              callbacks.StopOnNonFiniteLoss(manager, steps),
+              preemption.ResumeMetrics(position, resumed_epoch)]
+    if cfg.collapse_steps:  # no saves while the embedding looks collapsed
+        watch = collapse.StopOnCollapse(manager, cfg.collapse_spread, cfg.collapse_steps,
+                                        phase.start_step)
+        result.append(watch)
+        saver.hold = lambda: watch.collapsing
+    pictures = os.path.join(run_dir, "diagnostics")
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "diagnostics"))
+    if cfg.ifnd:
+        result.append(pseudo_labels.PseudoLabelCallback(
+            data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size),
+            cfg.acceptance_schedule(), cfg.kmeans(), cfg.seed, cfg.cluster_features,
+            true_labels=source.labels, log_dir=os.path.join(run_dir, "logs", "ifnd")))
+        result[-1].resumed_epoch = resumed_epoch  # its restored label table is kept
+    if cfg.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
+        try:
+            test = data.load_source(cfg.dataset, "test", cfg.data_dir, cfg.download)
+        except data.DataError as e:
+            raise data.DataError(
+                f"{e} (the kNN monitor needs it; --knn_every=0 turns it off)") from e
+        result.append(monitors.KnnMonitor(
+            moco.distribute_strategy,
+            data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size),
+            source.labels, data.embedding_pipeline(test, cfg.embed_batch_size, cfg.image_size),
+            test.labels, source.num_classes, cfg.knn_every, cfg.knn_k, cfg.knn_temperature,
+            pictures, writer, cfg.seed))
+    metrics_csv = os.path.join(run_dir, "metrics.csv")
+    result += [callbacks.LearningRateLogger(),
+               keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
+               callbacks.MetricsCsv(metrics_csv, initial_epoch),
+               saver,
+               monitors.DiagnosticsPlotter(metrics_csv, pictures, writer)]  # after metrics.csv
+    return result

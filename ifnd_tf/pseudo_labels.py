@@ -1,0 +1,120 @@
+"""The IFND step: at each epoch start, cluster the embeddings and accept the confident labels.
+
+`PseudoLabelCallback` embeds the training set (or reads the keys training wrote), runs the
+k-means hierarchy, keeps the top alpha of each cluster and writes the table the loss masks with
+(`MomentumContrast.set_pseudo_labels`).
+"""
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ifnd_tf import clustering, diagnostics
+from ifnd_tf.embedding import DatasetEmbedder
+
+# What the pseudo-label pass clusters (--cluster_features).
+CENTER_VIEW = "center_view"  # the key encoder over every un-augmented image (the paper)
+TRAIN_KEYS = "train_keys"  # each example's latest key from training: no extra forward pass
+CLUSTER_FEATURES = (CENTER_VIEW, TRAIN_KEYS)
+
+
+class PseudoLabelCallback(keras.callbacks.Callback):
+    """At each epoch start after warm-up: embed, cluster, accept the top alpha, fill the table.
+
+    With cluster_features=TRAIN_KEYS the embeddings are the model's `train_keys` (each
+    example's key from its latest training step, at most an epoch old) instead of a pass over
+    the centre views; until every example has one, the centre-view pass runs.
+
+    The model's strategy runs the embedding pass. Prints and writes to TensorBoard (log_dir,
+    tags ifnd/*) alpha, the accepted fraction and cluster sizes per level, and the pair
+    precision / recall of the false negatives the loss will now mask (only when true labels
+    are given; they are never trained on). alpha, the number of accepted samples and the
+    diagnostics (fn_precision, fn_recall, purity_k<k> per level) also join the epoch logs, so
+    they show on the progress line and in metrics.csv, as does clustering_seconds (the
+    embedding pass and every k-means level; 0 in warm-up epochs). Warm-up epochs detect
+    nothing and log no detection diagnostics (metrics.csv: nan; curves.png leaves them out).
+    """
+
+    def __init__(self, embedding_data: tf.data.Dataset, schedule: clustering.AcceptanceSchedule,
+                 kmeans: clustering.KMeansSettings, seed: int,
+                 cluster_features: str = CENTER_VIEW, true_labels: np.ndarray | None = None,
+                 log_dir: str | None = None, verbose: bool = True):
+        super().__init__()
+        if cluster_features not in CLUSTER_FEATURES:
+            raise ValueError(f"cluster_features must be one of {CLUSTER_FEATURES}, "
+                             f"got {cluster_features!r}")
+        self.embedding_data = embedding_data
+        self.schedule = schedule
+        self.kmeans = kmeans
+        self.seed = seed
+        self.cluster_features = cluster_features
+        self.embedder: DatasetEmbedder | None = None  # made once the model is set
+        self.true_labels = true_labels
+        self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
+        self.verbose = verbose
+        self.epoch_logs: dict[str, float] = {}
+        self.details: dict[str, float] = {}
+        self.resumed_epoch: int | None = None  # resumed mid-way: its restored table is kept
+
+    def on_epoch_begin(self, epoch, logs=None):
+        alpha = self.schedule.alpha(epoch)
+        self.epoch_logs, self.details = {"alpha": alpha, "clustering_seconds": 0.0}, {}
+        if epoch == self.resumed_epoch:  # the table the interrupted epoch trained with
+            self._log_label_diagnostics(self.model.pseudo_labels.numpy() if alpha > 0 else None)
+        elif alpha > 0:
+            self._update_pseudo_labels(epoch, alpha)
+        else:
+            self.model.clear_pseudo_labels()
+            self._log_label_diagnostics(None)
+        everything = {**self.epoch_logs, **self.details}
+        if self.writer is not None:
+            with self.writer.as_default(step=epoch):
+                for name, value in everything.items():
+                    tf.summary.scalar(f"ifnd/{name}", value)
+            self.writer.flush()
+        if self.verbose:
+            print(f"IFND epoch {epoch + 1}: " + ", ".join(
+                f"{k}={v:.4g}" for k, v in everything.items()), flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Headline numbers join the progress line and the TensorBoard callback's scalars."""
+        if logs is not None:
+            logs.update(self.epoch_logs)
+
+    def _update_pseudo_labels(self, epoch: int, alpha: float) -> None:
+        start = time.perf_counter()
+        embeddings = self._embeddings()
+        labels, stats = self.kmeans.pseudo_labels(embeddings, alpha, seed=self.seed + 1000 * epoch)
+        self.model.set_pseudo_labels(labels)
+        self.epoch_logs["clustering_seconds"] = time.perf_counter() - start
+        for level in stats:
+            self.details[f"accepted_k{level.k}"] = level.accepted_fraction
+            self.details[f"largest_cluster_k{level.k}"] = level.largest_cluster
+            self.details[f"median_cluster_k{level.k}"] = level.median_cluster
+            self.details[f"smallest_cluster_k{level.k}"] = level.smallest_cluster
+        self._log_label_diagnostics(labels)
+
+    def _embeddings(self) -> np.ndarray:
+        """The training keys if asked for and complete, else the centre-view pass."""
+        if self.cluster_features == TRAIN_KEYS:
+            keys = self.model.train_keys.numpy()
+            complete = bool(np.any(keys != 0, axis=1).all())
+            self.details["clustered_train_keys"] = float(complete)
+            if complete:
+                return keys
+        if self.embedder is None:
+            self.embedder = DatasetEmbedder(self.model.key_encoder, self.model.distribute_strategy,
+                                            self.embedding_data, self.model.num_examples)
+        return self.embedder()
+
+    def _log_label_diagnostics(self, labels: np.ndarray | None) -> None:
+        """Accepted samples and, given true labels, FN precision / recall and purity per level.
+
+        In warm-up (labels None) nothing is detected: the detection diagnostics are left out
+        (not 0, which would draw a fake jump in curves.png and TensorBoard).
+        """
+        self.epoch_logs["accepted"] = 0 if labels is None else diagnostics.num_accepted(labels)
+        if labels is not None and self.true_labels is not None:
+            self.epoch_logs.update(
+                diagnostics.label_quality(labels, self.true_labels, self.kmeans.num_clusters))
