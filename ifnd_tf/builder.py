@@ -8,7 +8,7 @@ import os
 import keras
 import tensorflow as tf
 
-from ifnd_tf import callbacks, data, model, monitors, pseudo_labels
+from ifnd_tf import callbacks, collapse, data, model, monitors, preemption, pseudo_labels
 from ifnd_tf.config import RunConfig
 
 
@@ -56,12 +56,24 @@ def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
 
 
 def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.Source,
-                   manager: tf.train.CheckpointManager, epoch_counter: tf.Variable, steps: int,
-                   initial_epoch: int, run_dir: str) -> list:
-    """Callbacks writing into run_dir (this worker's share of --model_dir), in the order the
-    epoch logs need: timer first, pseudo-labels and kNN before the loggers, plotter last."""
+                   manager: tf.train.CheckpointManager, position: preemption.RunPosition,
+                   steps: int, phase: preemption.Phase, stop: preemption.StopRequest,
+                   run_dir: str) -> list:
+    """Callbacks writing into run_dir (this worker's share of --model_dir), for the fit calls
+    from `phase` (the first) on, in the order the epoch logs need: timer first, guards before
+    the saver, pseudo-labels and kNN before the loggers, saver after metrics.csv, plotter last."""
+    initial_epoch = phase.first_epoch
+    resumed_epoch = initial_epoch if phase.start_step % steps else None  # resumed mid-epoch
+    saver = preemption.StepCheckpointer(manager, position, steps, phase.start_step,
+                                        cfg.checkpoint_every_steps, stop)
     result = [callbacks.EpochTimer(),  # first: the epoch time includes the clustering pass
-              callbacks.StopOnNonFiniteLoss(manager, steps)]
+              callbacks.StopOnNonFiniteLoss(manager, steps),
+              preemption.ResumeMetrics(position, resumed_epoch)]
+    if cfg.collapse_steps:  # no saves while the embedding looks collapsed
+        watch = collapse.StopOnCollapse(manager, cfg.collapse_spread, cfg.collapse_steps,
+                                        phase.start_step)
+        result.append(watch)
+        saver.hold = lambda: watch.collapsing
     pictures = os.path.join(run_dir, "diagnostics")
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "diagnostics"))
     if cfg.ifnd:
@@ -71,6 +83,7 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
             true_labels=source.labels, log_dir=os.path.join(run_dir, "logs", "ifnd"),
             confidence_rule=cfg.fn_confidence, neighbours_k=cfg.fn_neighbours_k,
             oracle_fraction=cfg.fn_oracle_fraction if cfg.fn_oracle else None))
+        result[-1].resumed_epoch = resumed_epoch  # its restored label table is kept
     if cfg.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
         try:
             test = data.load_source(cfg.dataset, "test", cfg.data_dir, cfg.download,
@@ -90,6 +103,6 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
     result += [callbacks.LearningRateLogger(),
                keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
                callbacks.MetricsCsv(metrics_csv, initial_epoch),
-               callbacks.CheckpointCallback(manager, epoch_counter),
+               saver,
                monitors.DiagnosticsPlotter(metrics_csv, pictures, writer)]  # after metrics.csv
     return result

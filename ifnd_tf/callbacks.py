@@ -38,19 +38,6 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-class CheckpointCallback(keras.callbacks.Callback):
-    """Saves model, key encoder, queue, label table, optimizer and epoch after every epoch."""
-
-    def __init__(self, manager: tf.train.CheckpointManager, epoch_counter: tf.Variable):
-        super().__init__()
-        self.manager = manager
-        self.epoch_counter = epoch_counter
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch_counter.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
-
-
 class MetricsCsv(keras.callbacks.Callback):
     """One row of epoch logs per epoch in a CSV file, kept consistent across resumes.
 

@@ -5,9 +5,9 @@ from collections.abc import Callable
 
 from absl import logging
 
-from ifnd_tf.errors import ConfigError, DataError, DivergenceError
+from ifnd_tf.errors import ConfigError, DataError, DivergenceError, RunDirError
 
-EXPECTED_ERRORS = (ConfigError, DataError, DivergenceError)
+EXPECTED_ERRORS = (ConfigError, DataError, DivergenceError, RunDirError)
 
 
 def main(program: str, run: Callable[[], object],

@@ -6,6 +6,8 @@ the flag. `RunConfig.from_flags()` reads a pre-training run's flags once, at the
 library code takes the RunConfig (or plain arguments), never FLAGS.
 """
 import dataclasses
+import json
+import os
 
 from absl import flags
 
@@ -102,6 +104,16 @@ flags.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],
                   "auto = on for exactly one GPU with --deterministic=false.")
 flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
                   "Mixed-precision policy of the encoders.")
+flags.DEFINE_integer("checkpoint_every_steps", 0,
+                     "Also checkpoint every this many steps inside an epoch (0 = at epoch ends "
+                     "only); SIGTERM / SIGINT always checkpoint the step they interrupt.")
+flags.DEFINE_integer("keep_checkpoints", 3, "Keep the newest this many checkpoints.")
+flags.DEFINE_integer("collapse_steps", 50,
+                     "Stop when the embedding has collapsed for this many steps in a row "
+                     "(0 = never): key spread below --collapse_spread (ifnd_tf/collapse.py).")
+flags.DEFINE_float("collapse_spread", 0.05,
+                   "Key spread (sqrt(1 - mean pairwise cosine) of a key batch) below which a "
+                   "step counts as collapsed; spread-out unit keys have about 1.")
 flags.DEFINE_bool("export", True, "Export the encoder as a SavedModel after training.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (2 = one line per epoch).")
 
@@ -175,6 +187,20 @@ def _parse_cluster_counts(values) -> list[int]:
     return ks
 
 
+def validate_strategy_flags() -> None:
+    """Before the strategy is made: multi_worker needs TF_CONFIG (without it TF builds a
+    one-worker strategy that failed at the first batch, after flags.json and logs/ were written)."""
+    if FLAGS.strategy != "multi_worker":
+        return
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster")
+    except (ValueError, AttributeError):
+        cluster = None
+    _check(bool(cluster), "--strategy=multi_worker needs the TF_CONFIG environment variable with "
+                          "the cluster and this worker's task (README, several machines); on one "
+                          "machine use --strategy=mirrored")
+
+
 def validate_flags(num_replicas: int) -> None:
     """Static checks of the flag values, before any data is read."""
     f = FLAGS
@@ -195,6 +221,9 @@ def validate_flags(num_replicas: int) -> None:
            f"{model.MIN_KEY_BN_GROUP} (--batch_size / --key_bn_splits)")
     _check(0.0 <= f.alpha_start <= 1.0, f"--alpha_start must be in [0, 1], got {f.alpha_start}")
     _check(0.0 <= f.alpha_end <= 1.0, f"--alpha_end must be in [0, 1], got {f.alpha_end}")
+    _check(f.alpha_end >= f.alpha_start,  # IFND's acceptance only grows (BUILD_NOTES, issue 15)
+           f"--alpha_end={f.alpha_end} is below --alpha_start={f.alpha_start}: the acceptance "
+           "rate must not decrease (equal values give a constant rate)")
     _check(0 <= f.warmup_epochs < f.epochs or not f.ifnd,
            f"--warmup_epochs={f.warmup_epochs} must be in [0, --epochs={f.epochs})")
     _check(f.temperature > 0, f"--temperature must be > 0, got {f.temperature}")
@@ -208,6 +237,11 @@ def validate_flags(num_replicas: int) -> None:
                                    f"{stride}x)")
     _check(f.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {f.steps_per_epoch}")
     _check(f.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {f.cpu_replicas}")
+    _check(f.checkpoint_every_steps >= 0,
+           f"--checkpoint_every_steps must be >= 0, got {f.checkpoint_every_steps}")
+    _check(f.collapse_steps >= 0, f"--collapse_steps must be >= 0, got {f.collapse_steps}")
+    _check(0 <= f.collapse_spread < 1, f"--collapse_spread must be in [0, 1), got {f.collapse_spread}")
+    _check(f.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {f.keep_checkpoints}")
     # XLA (docs/design.md "XLA"): Keras silently drops jit_compile under op determinism, and
     # MirroredStrategy's compiled replica functions read other devices' variables in TF 2.21.
     _check(f.jit_compile != "on" or not f.deterministic,
@@ -330,6 +364,10 @@ class RunConfig:
     mixed_precision: str
     export: bool
     verbose: int
+    checkpoint_every_steps: int
+    keep_checkpoints: int
+    collapse_steps: int
+    collapse_spread: float
     knn_every: int
     knn_k: int
     knn_temperature: float

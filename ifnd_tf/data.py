@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import augment
+from ifnd_tf import augment, fingerprint
 from ifnd_tf.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -40,6 +40,7 @@ class Source:
     in_memory: bool  # equal-size images held in memory: `read` takes a batch of indices
     # No random access (TFDS in TFRecord files): (index, encoded image) in index order.
     stream: Callable[[], tf.data.Dataset] | None = None
+    fingerprint: dict | None = None  # fingerprint.of_arrays / of_files: recorded with a run
 
     @property
     def examples(self) -> tf.data.Dataset:
@@ -62,7 +63,7 @@ def _from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None) -> So
     pixels = tf.constant(images)
     num_classes = int(labels.max()) + 1 if labels is not None else None
     return Source(name, lambda i: tf.gather(pixels, i), len(images), labels, num_classes,
-                  in_memory=True)
+                  in_memory=True, fingerprint=fingerprint.of_arrays(images))
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -299,8 +300,8 @@ def _image_folder(root: str, split: str, verify: bool, strict: bool,
     if os.path.isdir(os.path.join(root, split_dir)):
         root = os.path.join(root, split_dir)
     elif split == "test" and os.path.isdir(os.path.join(root, "train")):
-        raise DataError(f"--dataset=folder:{root}: no val/ folder next to train/ "
-                        "(the test split)")
+        raise DataError(f"--dataset=folder:{root}: no val/ folder beside train/ (the test split "
+                        "that evaluation uses)")
     if not os.path.isdir(root):
         raise DataError(f"--dataset=folder:{root}: no such folder")
     listing = _list_class_folders(root)
@@ -323,7 +324,7 @@ def _image_folder(root: str, split: str, verify: bool, strict: bool,
         return decode(tf.io.read_file(files[index]))
 
     return Source(f"folder:{root}", read, len(paths), np.asarray(labels, np.int64),
-                  len(classes), in_memory=False)
+                  len(classes), in_memory=False, fingerprint=fingerprint.of_files(paths, root))
 
 
 def load_source(dataset: str, split: str = "train", data_dir: str | None = None,

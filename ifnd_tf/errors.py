@@ -11,3 +11,8 @@ class DataError(ValueError):
 
 class DivergenceError(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked (locked, unreadable checkpoints, other data,
+    not writable); the message names the file or directory."""

@@ -34,17 +34,28 @@ def from_flags(name: str) -> tuple[str, str, tf.distribute.Strategy, data.Source
     return saved_model, eval_dir, strategy, *splits
 
 
-def load_encoder(saved_model: str) -> keras.Model:
+def load_encoder(saved_model: str, image_size: int | None = None) -> keras.Model:
     """The trainable Keras encoder exported next to `saved_model` (export/encoder.keras).
 
     The SavedModel itself only has inference signatures; fine-tuning and the weight check of
-    the probe need the Keras model written beside it by the same export.
+    the probe need the Keras model written beside it by the same export. The SavedModel must
+    exist (a mistyped path must not evaluate whatever encoder lies beside it), and given
+    image_size, the encoder must take images of that size.
     """
+    if not os.path.isdir(saved_model):
+        raise config.ConfigError(f"--saved_model={saved_model}: no such directory (expected a "
+                                 "run's export/saved_model)")
     path = os.path.join(export_dir_of(saved_model), "encoder.keras")
     if not os.path.exists(path):
         raise config.ConfigError(
             f"--saved_model={saved_model}: missing {path} (written by ifnd_tf.train's export)")
-    return keras.models.load_model(path)
+    encoder = keras.models.load_model(path)
+    trained_size = encoder.input.shape[1]
+    if image_size is not None and trained_size != image_size:
+        raise config.ConfigError(
+            f"--image_size={image_size}, but the encoder in {path} was trained on "
+            f"{trained_size}x{trained_size} images: pass the pre-training flags (--flagfile)")
+    return encoder
 
 
 def labelled_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -39,7 +39,8 @@ def finetune(saved_model: str, train_source: data.Source, test_source: data.Sour
     test_data = data.labelled_pipeline(test_source, batch_size, image_size)
     steps = epochs * -(-len(indices) // batch_size)
     with strategy.scope():
-        model = classifier(evaluate.load_encoder(saved_model), train_source.num_classes)
+        encoder = evaluate.load_encoder(saved_model, image_size)
+        model = classifier(encoder, train_source.num_classes)
         evaluate.compile_classifier(model, evaluate.sgd(learning_rate, steps, schedule))
     model.fit(train_data, epochs=epochs, verbose=0, shuffle=False)  # shuffled by the pipeline
     metrics = model.evaluate(test_data, verbose=0, return_dict=True)

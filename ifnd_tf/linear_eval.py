@@ -95,7 +95,7 @@ def run() -> dict:
         "linear_eval")
     keras.utils.set_random_seed(f.seed)
     with strategy.scope():
-        encoder = evaluate.load_encoder(saved_model)
+        encoder = evaluate.load_encoder(saved_model, f.image_size)
     result = probe(encoder, train_source, test_source, strategy, f.linear_epochs,
                    f.eval_batch_size, f.linear_learning_rate, f.eval_schedule, f.image_size,
                    f.embed_batch_size, f.seed)

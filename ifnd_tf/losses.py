@@ -70,8 +70,23 @@ def masked_logits_for_elimination(logits: tf.Tensor, fn_mask: tf.Tensor) -> tf.T
 
 
 def contrastive_accuracy(logits: tf.Tensor) -> tf.Tensor:
-    """Fraction of anchors whose positive key (column 0) has the largest logit."""
-    return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, axis=1), 0), tf.float32))
+    """Fraction of anchors whose positive key (column 0) beats every other logit.
+
+    A tie is a miss: argmax of equal logits is column 0, so a collapsed encoder, whose logits
+    are all equal, would otherwise score 1.0.
+    """
+    best_other = tf.reduce_max(logits[:, 1:], axis=1)
+    return tf.reduce_mean(tf.cast(logits[:, 0] > best_other, tf.float32))
+
+
+def key_spread(keys: tf.Tensor) -> tf.Tensor:
+    """sqrt(1 - |mean of the unit keys|^2): 0 when every key is the same vector (collapse).
+
+    |mean|^2 is the mean cosine over all pairs of the batch (self-pairs included), so this is
+    the root of the batch's total variance: about 1 for keys spread over the sphere.
+    """
+    centre = tf.reduce_mean(tf.cast(keys, tf.float32), axis=0)
+    return tf.sqrt(tf.maximum(1.0 - tf.reduce_sum(tf.square(centre)), 0.0))
 
 
 def weight_decay_loss(variables, weight_decay: float) -> tf.Tensor:

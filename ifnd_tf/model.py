@@ -281,12 +281,13 @@ class MomentumContrast(keras.Model):
         # Under elimination the loss never sees the masked entries; top-1 among what it sees.
         self.accuracy_without_fn_tracker = keras.metrics.Mean(name="acc_without_fn")
         self.masked_tracker = keras.metrics.Mean(name="masked")
+        self.spread_tracker = keras.metrics.Mean(name="key_spread")  # collapse watch
         self.built = True  # both encoders are built functional models; no symbolic build needed
 
     @property
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker, self.accuracy_without_fn_tracker,
-                self.masked_tracker]
+                self.masked_tracker, self.spread_tracker]
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Skip Keras' symbolic build: encoders, optimizer and metrics are built already.
@@ -409,7 +410,12 @@ class MomentumContrast(keras.Model):
         self.accuracy_without_fn_tracker.update_state(losses.contrastive_accuracy(
             losses.masked_logits_for_elimination(logits, fn_mask)))
         self.masked_tracker.update_state(tf.reduce_mean(tf.reduce_sum(tf.cast(fn_mask, tf.float32), 1)))
+        spread = losses.key_spread(all_keys)
+        self.spread_tracker.update_state(spread)
         results = {m.name: m.result() for m in self.metrics}
+        # Batch callbacks (collapse.StopOnCollapse) see this step's spread; the epoch logs are
+        # the trackers' means (Keras takes them when the keys match the metric names).
+        results["key_spread"] = spread
         if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
             # Keras 3.15 averages results across workers with reduce(..., axis=0), which needs
             # an axis to reduce; a length-1 axis gives back the scalar.

@@ -70,13 +70,16 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self.epoch_logs: dict[str, float] = {}
         self.details: dict[str, float] = {}
+        self.resumed_epoch: int | None = None  # resumed mid-way: its restored table is kept
 
     def on_epoch_begin(self, epoch, logs=None):
         alpha = self.schedule.alpha(epoch)
         self.epoch_logs, self.details = {"alpha": alpha, "clustering_seconds": 0.0}, {}
         if self.oracle_fraction is not None:
             self.epoch_logs["oracle"] = 1.0
-        if alpha > 0:
+        if epoch == self.resumed_epoch:  # the table the interrupted epoch trained with
+            self._log_label_diagnostics(self.model.pseudo_labels.numpy() if alpha > 0 else None)
+        elif alpha > 0:
             self._update_pseudo_labels(epoch, alpha)
         else:
             self.model.clear_pseudo_labels()

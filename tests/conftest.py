@@ -3,7 +3,8 @@
 tcmalloc as in the entry points; two logical CPU devices so MirroredStrategy really has two
 replicas. Helpers: `run_cli` (a command on flags/smoke.cfg in a subprocess), `event_tags`
 (TensorBoard event tags), `read_metrics_csv`, `smoke_config` / `small_moco` (the smoke run's
-model from a RunConfig) and `restore_smoke_model`.
+model from a RunConfig), `restore_smoke_model`, `write_image_folder` and `lock_holder` (a
+process holding a run directory's lock).
 """
 import os
 import subprocess
@@ -124,3 +125,28 @@ def imagenet_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("imagenet")
     odd = imagenet_like.write_imagenet_folder(str(root))
     return root, odd
+
+
+def write_image_folder(root, classes=("cat", "dog"), per_class=3, size=(20, 30)):
+    """root/train/<class>/<i>.png of random pixels (seeded)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    for c in classes:
+        os.makedirs(root / "train" / c)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            tf.io.write_file(str(root / "train" / c / f"{i}.png"), tf.io.encode_png(pixels))
+
+
+def lock_holder(folder):
+    """A separate process that holds the writer lock of folder (run_directory.acquire_lock)
+    and sleeps, once it holds it."""
+    code = ("import sys, time; from ifnd_tf import run_directory; "
+            "run_directory.acquire_lock(sys.argv[1]); print('held', flush=True); time.sleep(300)")
+    process = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "IFND_FAST_ALLOCATOR": "0"})
+    assert process.stdout.readline().strip() == "held"
+    return process

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import write_image_folder
 
 from ifnd_tf import data
 
@@ -102,17 +103,8 @@ def test_unknown_dataset_name_is_reported(tmp_path):
         data.load_source("no_such_dataset", data_dir=str(tmp_path))
 
 
-def _write_image_folder(root, classes=("cat", "dog"), per_class=3, size=(20, 30)):
-    rng = np.random.default_rng(0)
-    for c in classes:
-        os.makedirs(root / "train" / c)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-            tf.io.write_file(str(root / "train" / c / f"{i}.png"), tf.io.encode_png(pixels))
-
-
 def test_image_folder_in_imagenet_layout(tmp_path):
-    _write_image_folder(tmp_path)
+    write_image_folder(tmp_path)
     source = data.load_source(f"folder:{tmp_path}")
     assert (source.num_examples, source.num_classes) == (6, 2)
     np.testing.assert_array_equal(source.labels, [0, 0, 0, 1, 1, 1])
@@ -120,6 +112,14 @@ def test_image_folder_in_imagenet_layout(tmp_path):
     assert view_q.shape == (4, 16, 16, 3)
     _, images = next(iter(data.embedding_pipeline(source, 6, 16)))
     assert images.shape == (6, 16, 16, 3)
+
+
+def test_folder_without_val_names_it_for_the_test_split(tmp_path):
+    write_image_folder(tmp_path)
+    with pytest.raises(data.DataError) as error:
+        data.load_source(f"folder:{tmp_path}", "test")
+    assert str(error.value) == (f"--dataset=folder:{tmp_path}: no val/ folder beside train/ "
+                                "(the test split that evaluation uses)")
 
 
 def test_empty_image_folder_is_a_clear_error(tmp_path):
@@ -156,7 +156,7 @@ def test_each_pass_is_a_new_permutation_without_repeats():
 
 
 def test_unreadable_images_are_skipped_with_a_count_or_stop_when_strict(tmp_path, capsys):
-    _write_image_folder(tmp_path)
+    write_image_folder(tmp_path)
     bad = tmp_path / "train" / "dog" / "9.png"
     bad.write_bytes(b"\x89PNG truncated")
     source = data.load_source(f"folder:{tmp_path}")
@@ -182,7 +182,7 @@ def test_labelled_pipeline_keeps_only_the_subset_with_true_labels():
 
 def test_image_check_is_cached_and_only_changed_files_are_decoded_again(tmp_path, monkeypatch,
                                                                         capsys):
-    _write_image_folder(tmp_path)
+    write_image_folder(tmp_path)
     run = str(tmp_path / "run")
     cache = os.path.join(run, "image_check_train.json.gz")
     decoded = []
@@ -215,12 +215,12 @@ def test_image_check_is_cached_and_only_changed_files_are_decoded_again(tmp_path
 
 
 def test_corrupt_or_foreign_image_check_cache_is_ignored(tmp_path):
-    _write_image_folder(tmp_path)
+    write_image_folder(tmp_path)
     cache = tmp_path / "image_check_train.json.gz"
     cache.write_bytes(b"not gzip")
     assert data.load_source(f"folder:{tmp_path}", cache_dir=str(tmp_path)).num_examples == 6
     other = tmp_path / "other"
-    _write_image_folder(other, classes=("a",), per_class=2)
+    write_image_folder(other, classes=("a",), per_class=2)
     # A cache written for another root decodes everything and is replaced.
     assert data.load_source(f"folder:{other}", cache_dir=str(tmp_path)).num_examples == 2
 
@@ -263,7 +263,7 @@ def test_large_tfds_split_is_read_by_index_or_streamed_never_loaded_whole(
 
 
 def test_class_folders_without_images_are_named(tmp_path):
-    _write_image_folder(tmp_path)
+    write_image_folder(tmp_path)
     os.makedirs(tmp_path / "train" / "emu")
     (tmp_path / "train" / "owl").mkdir()
     (tmp_path / "train" / "owl" / "0.png").write_bytes(b"unreadable")
@@ -272,10 +272,6 @@ def test_class_folders_without_images_are_named(tmp_path):
         data.load_source(f"folder:{tmp_path}")
 
 
-def test_missing_val_folder_is_named(tmp_path):
-    _write_image_folder(tmp_path)
-    with pytest.raises(data.DataError, match="no val/ folder next to train/"):
-        data.load_source(f"folder:{tmp_path}", "test")
 
 
 def test_fixed_subset_is_seeded_sorted_and_none_when_it_covers_everything():
@@ -299,7 +295,7 @@ def test_embedding_pipeline_of_a_subset_yields_positions_and_those_images(kind, 
     if kind == "in_memory":
         source = data.load_source("digits", "test")
     elif kind == "files":
-        _write_image_folder(tmp_path, per_class=5)
+        write_image_folder(tmp_path, per_class=5)
         source = data.load_source(f"folder:{tmp_path}")
     else:
         monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)

@@ -38,5 +38,14 @@ def test_load_encoder_reads_the_keras_file_next_to_the_saved_model(tmp_path):
     images = tf.random.uniform([2, 16, 16, 3], seed=1)
     np.testing.assert_allclose(loaded(images)["features"].numpy(),
                                encoder(images, training=False)["features"].numpy(), rtol=1e-5)
+    elsewhere = tmp_path / "elsewhere" / "saved_model"
+    with pytest.raises(config.ConfigError, match=f"^--saved_model={elsewhere}: no such directory"):
+        evaluate.load_encoder(str(elsewhere))  # not the encoder.keras of another path
+    elsewhere.mkdir(parents=True)
     with pytest.raises(config.ConfigError, match="--saved_model=.*missing .*encoder.keras"):
-        evaluate.load_encoder(str(tmp_path / "elsewhere" / "saved_model"))
+        evaluate.load_encoder(str(elsewhere))
+    with pytest.raises(config.ConfigError) as error:
+        evaluate.load_encoder(saved_model, image_size=28)
+    assert str(error.value) == (
+        f"--image_size=28, but the encoder in {tmp_path}/export/encoder.keras was trained on "
+        "16x16 images: pass the pre-training flags (--flagfile)")

@@ -66,13 +66,15 @@ def test_probe_leaves_backbone_weights_unchanged_and_the_check_sees_a_change(ran
 
 
 @pytest.mark.e2e
-def test_missing_encoder_is_one_clear_line(tmp_path):
+def test_missing_saved_model_is_one_clear_line(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "encoder.keras").write_bytes(b"")  # must not be used instead
     result = run_cli("ifnd_tf.linear_eval", "--flagfile=flags/smoke.cfg",
-                  f"--saved_model={tmp_path}/export/saved_model")
+                     f"--saved_model={tmp_path}/export/saved_model")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
-        f"ifnd_tf.linear_eval: error: --saved_model={tmp_path}/export/saved_model: missing "
-        f"{tmp_path}/export/encoder.keras (written by ifnd_tf.train's export)")
+        f"ifnd_tf.linear_eval: error: --saved_model={tmp_path}/export/saved_model: no such "
+        "directory (expected a run's export/saved_model)")
 
 
 def test_features_of_the_mirror_image_differ(one_replica):

@@ -92,6 +92,22 @@ def test_elimination_masking_can_make_positive_the_top_logit():
     assert losses.contrastive_accuracy(masked).numpy() == 1.0
 
 
+def test_accuracy_counts_ties_as_misses():
+    collapsed = tf.fill([4, 9], 5.0)  # every logit equal: argmax would say column 0
+    assert losses.contrastive_accuracy(collapsed).numpy() == 0.0
+    logits = tf.constant([[2.0, 2.0, 1.0], [2.0, 1.9, 1.0]])
+    assert losses.contrastive_accuracy(logits).numpy() == pytest.approx(0.5)
+
+
+def test_key_spread_is_zero_for_identical_keys_and_one_for_opposite_pairs():
+    same = tf.math.l2_normalize(tf.tile([[1.0, 2.0, 3.0]], [8, 1]), axis=1)
+    assert losses.key_spread(same).numpy() == pytest.approx(0.0, abs=1e-3)
+    opposite = tf.constant([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    assert losses.key_spread(opposite).numpy() == pytest.approx(1.0)
+    half = tf.constant([[1.0, 0.0], [0.0, 1.0]])  # mean cosine 0.5 (self-pairs included)
+    assert losses.key_spread(half).numpy() == pytest.approx(np.sqrt(0.5))
+
+
 def test_weight_decay_loss_has_gradient_decay_times_weight():
     weights = [tf.Variable([[1.0, -2.0]]), tf.Variable([3.0])]
     with tf.GradientTape() as tape:

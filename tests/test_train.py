@@ -1,4 +1,5 @@
 """End to end: the real command line on flags/smoke.cfg, in a subprocess."""
+import glob
 import json
 import os
 import signal
@@ -10,7 +11,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, event_tags, read_metrics_csv, restore_smoke_model, run_smoke
+from conftest import (
+    ROOT,
+    event_tags,
+    lock_holder,
+    read_metrics_csv,
+    restore_smoke_model,
+    run_smoke,
+    write_image_folder,
+)
+
+from ifnd_tf import preemption
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +47,7 @@ def test_smoke_run_prints_ifnd_progress(smoke_run):
 
 def test_smoke_run_writes_checkpoints_flags_and_tensorboard(smoke_run):
     model_dir, _ = smoke_run
-    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-3")
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-12")
     flags = json.loads((model_dir / "flags.json").read_text())
     assert flags["dataset"] == "digits" and flags["epochs"] == 3
     assert {"epoch_loss", "epoch_acc", "epoch_masked", "epoch_alpha", "epoch_fn_precision",
@@ -79,7 +90,7 @@ def test_rerun_of_a_finished_run_only_exports(smoke_run):
     model_dir, _ = smoke_run
     rerun = _train(model_dir)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resumed from" in rerun.stdout and "(epoch 3)" in rerun.stdout
+    assert "resumed from" in rerun.stdout and "(epoch 3, step 12)" in rerun.stdout
     assert "Epoch " not in rerun.stdout and "exported encoder" in rerun.stdout
 
 
@@ -95,40 +106,79 @@ def test_model_dir_with_other_flags_is_refused(smoke_run):
     assert json.loads((model_dir / "flags.json").read_text())["epochs"] == 3
 
 
-def test_sigkill_mid_epoch_then_rerun_continues_exactly(tmp_path):
-    killed, clean = tmp_path / "killed", tmp_path / "clean"
-    longer = ("--steps_per_epoch=40", "--export=false")
+LONGER = ("--steps_per_epoch=40", "--export=false")  # 40 steps of ~0.3 s: time to interrupt
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The run the interrupted ones must reproduce."""
+    model_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = _train(model_dir, *LONGER)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir
+
+
+def _interrupt(model_dir, appears: str, sig, *extra):
+    """Start a LONGER run, send `sig` once checkpoints/<appears> exists; the finished process."""
     command = [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
-               f"--model_dir={killed}", *longer]
+               f"--model_dir={model_dir}", *LONGER, *extra]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    first = killed / "checkpoints" / "ckpt-1.index"
+                               stderr=subprocess.PIPE, text=True)
+    mark = model_dir / "checkpoints" / appears
     deadline = time.monotonic() + 300
-    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not mark.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # into epoch 2
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
-    assert latest.endswith(("ckpt-1", "ckpt-2")), latest  # died before the run finished
+    process.send_signal(sig)
+    process.stderr_text = process.communicate()[1]
+    return process
 
-    resumed = _train(killed, *longer)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from {latest}" in resumed.stdout
-    uninterrupted = _train(clean, *longer)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
 
-    got, want = read_metrics_csv(killed), read_metrics_csv(clean)
+def _assert_same_run(got_dir, want_dir):
+    got, want = read_metrics_csv(got_dir), read_metrics_csv(want_dir)
     assert [row["epoch"] for row in got] == [0.0, 1.0, 2.0]
     for a, b in zip(got, want):
         for key in ("loss", "acc", "masked", "alpha", "fn_precision"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5, nan_ok=True), (key, a, b)
-    a, b = restore_smoke_model(killed), restore_smoke_model(clean)
+    a, b = restore_smoke_model(got_dir), restore_smoke_model(want_dir)
     np.testing.assert_array_equal(a.queue_ids.numpy(), b.queue_ids.numpy())
     np.testing.assert_array_equal(a.pseudo_labels.numpy(), b.pseudo_labels.numpy())
     np.testing.assert_allclose(a.queue_keys.numpy(), b.queue_keys.numpy(), atol=1e-4)
     for x, y in zip(a.encoder.weights, b.encoder.weights):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_sigkill_mid_epoch_then_rerun_continues_exactly(tmp_path, uninterrupted):
+    killed = tmp_path / "killed"
+    # SIGKILL right after the first epoch's checkpoint: into epoch 2 (or its clustering pass).
+    process = _interrupt(killed, "ckpt-40.index", signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
+    assert latest.endswith(("ckpt-40", "ckpt-80")), latest  # died before the run finished
+
+    resumed = _train(killed, *LONGER)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {latest}" in resumed.stdout
+    _assert_same_run(killed, uninterrupted)
+
+
+def test_sigterm_checkpoints_the_step_and_resumes_mid_epoch_exactly(tmp_path, uninterrupted):
+    stopped = tmp_path / "stopped"
+    # Every 10 steps too; SIGTERM once step 50 is saved: stops at most a few steps later, in epoch 2.
+    process = _interrupt(stopped, "ckpt-50.index", signal.SIGTERM, "--checkpoint_every_steps=10")
+    assert process.returncode == preemption.PREEMPTED_EXIT_CODE == 75, process.stderr_text[-3000:]
+    last = process.stderr_text.strip().splitlines()[-1]
+    step = int(last.split("after step ")[1].split(";")[0])
+    assert 50 <= step < 80, last
+    assert last == (f"ifnd_tf.train: stopped by SIGTERM after step {step}; checkpoint "
+                    f"{stopped}/checkpoints/ckpt-{step} written; run the same command to resume")
+    assert [row["epoch"] for row in read_metrics_csv(stopped)] == [0.0]  # epoch 2 was not finished
+
+    resumed = _train(stopped, *LONGER)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {stopped}/checkpoints/ckpt-{step} (epoch 1, step {step})" in \
+        resumed.stdout
+    assert "IFND epoch 2: alpha=0.5, clustering_seconds=0," in resumed.stdout  # table restored
+    _assert_same_run(stopped, uninterrupted)
 
 
 def test_train_keys_run_clusters_the_keys_training_wrote(tmp_path):
@@ -177,13 +227,21 @@ def test_two_replica_run(tmp_path):
     ("--queue_size=100", "--queue_size=100 must be a positive multiple of --batch_size=64"),
     ("--num_clusters=10,5000", "--num_clusters: k=[5000] larger than the dataset (1437 examples)"),
     ("--dataset=folder:/nonexistent", "--dataset=folder:/nonexistent: no such folder"),
+    ("--alpha_start=0.8", ("--alpha_end=0.0 is below --alpha_start=0.8: the acceptance rate "
+                           "must not decrease (equal values give a constant rate)")),
+    ("--strategy=multi_worker", ("--strategy=multi_worker needs the TF_CONFIG environment "
+                                 "variable with the cluster and this worker's task (README, "
+                                 "several machines); on one machine use --strategy=mirrored")),
 ])
+
+
 def test_bad_input_is_one_clear_line(tmp_path, flag, message):
-    result = _train(tmp_path, flag)
+    extra = ("--alpha_end=0",) if flag.startswith("--alpha") else ()
+    result = _train(tmp_path / "run", flag, *extra)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"ifnd_tf.train: error: {message}"
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 def test_missing_fashion_mnist_tells_how_to_install(tmp_path):
@@ -216,11 +274,134 @@ def test_attraction_bfloat16_and_xla_run_and_really_compile(tmp_path):
     assert "alpha: 1.0000" in last and "masked: 0.0000e+00" not in last
 
 
+def _copy_run(smoke_run, tmp_path):
+    """A copy of the finished smoke run (3 epochs, checkpoints 1..3), to damage."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run[0], copy)
+    return copy
+
+
+def test_lost_state_file_and_newest_checkpoint_resume_from_the_previous(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path)
+    checkpoints = run / "checkpoints"
+    numbers = sorted(int(p.name[5:-6]) for p in checkpoints.glob("ckpt-*.index"))
+    newest, previous = numbers[-1], numbers[-2]
+    for path in checkpoints.glob(f"ckpt-{newest}.*"):
+        path.unlink()
+    (checkpoints / "checkpoint").unlink()
+    other = _train(run, "--learning_rate=0.5")  # the flags check still sees the run
+    assert other.returncode != 0 and "--learning_rate: 0.03 -> 0.5" in other.stderr
+    result = _train(run, "--knn_every=0", "--export=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resumed from {checkpoints}/ckpt-{previous} (epoch 2, step 8)" in result.stdout
+    assert "Epoch 1/3" not in result.stdout and "Epoch 3/3" in result.stdout
+    assert [row["epoch"] for row in read_metrics_csv(run)] == [0.0, 1.0, 2.0]
+
+
+def test_damaged_newest_checkpoint_is_set_aside_and_the_run_continues(smoke_run, tmp_path):
+    run = _copy_run(smoke_run, tmp_path)
+    checkpoints = run / "checkpoints"
+    newest = tf.train.latest_checkpoint(str(checkpoints))
+    data_file = glob.glob(newest + ".data-*")[0]
+    with open(data_file, "r+b") as f:  # garble the middle of the data file
+        f.seek(os.path.getsize(data_file) // 2)
+        f.write(b"\0garbage\0" * 8)
+    result = _train(run, "--knn_every=0", "--export=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    notices = [line for line in result.stdout.splitlines() if "is damaged" in line]
+    assert len(notices) == 1 and notices[0].startswith(f"checkpoint {newest} is damaged (")
+    assert "Checksum does not match" in notices[0] and str(checkpoints / "damaged") in notices[0]
+    assert os.path.exists(checkpoints / "damaged" / os.path.basename(data_file))
+    assert "(epoch 2, step 8)" in result.stdout and "Epoch 3/3" in result.stdout
+    assert tf.train.latest_checkpoint(str(checkpoints)) == newest  # written again, whole
+
+
+def test_second_process_on_a_model_dir_is_refused_before_writing(tmp_path):
+    holder = lock_holder(tmp_path)
+    try:
+        result = _train(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ifnd_tf.train: error: {tmp_path} is in use by pid {holder.pid} host ")
+    assert sorted(os.listdir(tmp_path)) == ["lock"]  # no flags.json, logs or checkpoints
+
+
+def test_read_only_model_dir_is_one_line(tmp_path):
+    result = _train("/sys/ifnd_run")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "ifnd_tf.train: error: cannot write the run directory /sys/ifnd_run: ")
+
+
+def test_collapsed_embedding_stops_with_the_last_good_checkpoint(tmp_path):
+    # lr 30: the keys collapse within a few steps while the loss stays finite (about 5.5).
+    result = _train(tmp_path, "--learning_rate=30", "--collapse_steps=4",
+                    "--checkpoint_every_steps=1", "--knn_every=0")
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ifnd_tf.train: error: the embedding collapsed: key spread "), last
+    first_bad = int(last.split("(steps ")[1].split("-")[0])
+    kept = f"{tmp_path}/checkpoints/ckpt-{first_bad - 1}"
+    assert f"last good checkpoint kept: {kept} " in last
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == kept  # none after it
+    assert not (tmp_path / "export").exists()
+
+
+def test_resume_on_changed_data_is_refused_saying_what_changed(tmp_path):
+    images, run = tmp_path / "images", tmp_path / "run"
+    write_image_folder(images, classes=("a", "b", "c", "d"), per_class=20, size=(16, 16))
+    folder = (f"--dataset=folder:{images}", "--num_clusters=2,3", "--epochs=2", "--knn_every=0",
+              "--export=false")
+    first = _train(run, *folder)
+    assert first.returncode == 0, first.stderr[-3000:]
+    extra = images / "train" / "a" / "extra.png"
+    extra.write_bytes((images / "train" / "a" / "0.png").read_bytes())
+    added = _train(run, *folder)
+    assert added.returncode != 0
+    assert added.stderr.strip().splitlines()[-1] == (
+        f"ifnd_tf.train: error: --dataset=folder:{images} is not the data this run was trained "
+        f"on (80 -> 81 examples; recorded in {run}/dataset.json): put the data back, or use a "
+        "new --model_dir")
+    extra.unlink()
+    (images / "train" / "b" / "3.png").rename(images / "train" / "b" / "renamed.png")
+    swapped = _train(run, *folder)
+    assert swapped.returncode != 0
+    assert "(the same 80 examples, but their file names or sizes differ;" in swapped.stderr
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-8")  # untouched
+
+
+def test_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_latest(tmp_path):
+    import resource
+
+    def small_files_only():  # a write past 200 kB fails (EFBIG) like a full disk (ENOSPC)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    command = [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
+               f"--model_dir={tmp_path}", "--knn_every=0"]
+    result = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True,
+                            timeout=600, preexec_fn=small_files_only)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ifnd_tf.train: error: cannot write checkpoint {tmp_path}/checkpoints/"
+                           "ckpt-4: "), last
+    assert last.endswith("File too large; the previous checkpoints are kept"), last
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is None
+    assert not glob.glob(str(tmp_path / "checkpoints" / "*.index"))
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--jit_compile=on"], "--jit_compile=on needs --deterministic=false"),
     (["--jit_compile=on", "--deterministic=false", "--cpu_replicas=2"],
      "--jit_compile=on needs one replica, got 2"),
 ])
+
+
 def test_xla_that_cannot_run_is_refused_in_one_line(tmp_path, extra, message):
     result = _train(tmp_path, *extra)
     assert result.returncode != 0 and message in result.stderr.strip().splitlines()[-1]
