@@ -53,7 +53,10 @@ class GroupedBatchNormalization(keras.layers.BatchNormalization):
         clustering pass runs the key encoder in inference mode on all of them)."""
         replica = tf.distribute.get_replica_context()
         if replica is not None and replica.num_replicas_in_sync > 1:
-            mean, variance = replica.all_reduce(tf.distribute.ReduceOp.MEAN, [mean, variance])
+            # One SUM per tensor, as Keras' SyncBN all-reduces its moments.
+            replicas = float(replica.num_replicas_in_sync)
+            mean = replica.all_reduce(tf.distribute.ReduceOp.SUM, mean) / replicas
+            variance = replica.all_reduce(tf.distribute.ReduceOp.SUM, variance) / replicas
         m = self.momentum
         self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
         self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
@@ -326,7 +329,10 @@ class MomentumContrast(keras.Model):
             return tf.stop_gradient(tf.cast(keys, tf.float32))
         replica = tf.distribute.get_replica_context()
         several = replica.num_replicas_in_sync > 1
-        everything = replica.all_gather(images, axis=0) if several else images
+        # tf.identity places the input on this replica's device: an all_gather of the input
+        # tensor itself failed under MultiWorkerMirroredStrategy ("destinations can not be
+        # empty"; the iterator's tensors carry no device there).
+        everything = replica.all_gather(tf.identity(images), axis=0) if several else images
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
         order = tf.argsort(tf.random.stateless_uniform([tf.shape(everything)[0]], seed))
         local = tf.shape(images)[0]
