@@ -19,13 +19,18 @@ def test_fit_phases_finish_the_interrupted_epoch_first():
 
 
 def test_first_signal_is_a_request_the_second_acts_as_before():
-    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with preemption.stop_on_signals() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.signal_name == "SIGINT"  # no KeyboardInterrupt
-        with pytest.raises(KeyboardInterrupt):
+    # Python's own SIGINT handler as "before" (earlier tests in the suite may have left another).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        with preemption.stop_on_signals() as stop:
             os.kill(os.getpid(), signal.SIGINT)
-    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+            assert stop.signal_name == "SIGINT"  # no KeyboardInterrupt
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def _checkpointer(tmp_path, every_steps, start_step=0, hold=lambda: False):
