@@ -69,7 +69,7 @@ def use_fast_allocator(before_exec: Callable[[], None] | None = None) -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
-def prepare() -> None:
+def prepare(before_exec: Callable[[], None] | None = None) -> None:
     """Entry points call this before importing TensorFlow: fast allocator, C++ info logs off."""
-    use_fast_allocator()
+    use_fast_allocator(before_exec)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

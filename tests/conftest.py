@@ -23,8 +23,7 @@ def pytest_configure(config):
     pytest's output capture stopped so the new process writes to the terminal; then split the
     CPU into two logical devices."""
     capture = config.pluginmanager.getplugin("capturemanager")
-    runtime.use_fast_allocator(before_exec=capture.stop_global_capturing if capture else None)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    runtime.prepare(before_exec=capture.stop_global_capturing if capture else None)
     import tensorflow as tf
     from absl import flags
 
