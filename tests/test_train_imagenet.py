@@ -24,10 +24,6 @@ def _args(root, model_dir, *extra):
             f"--model_dir={model_dir}", *SMALL, *extra]
 
 
-@pytest.mark.xfail(reason="known, open (issue 13): after the issue-15 merge (step-numbered "
-                   "checkpoints) the SIGKILL point of this test no longer leaves a mid-run "
-                   "checkpoint, so the second start prints no 'resumed from ... (epoch 1)'",
-                   strict=False)
 def test_imagenet_cfg_trains_clusters_resumes_and_exports(imagenet_folder, tmp_path):
     root, odd = imagenet_folder
     model_dir = tmp_path / "run"
@@ -51,7 +47,7 @@ def test_imagenet_cfg_trains_clusters_resumes_and_exports(imagenet_folder, tmp_p
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     out = resumed.stdout
     assert f"checked 64 images in {root}/train: 0 decoded, 64 unchanged" in out  # cached
-    assert "resumed from" in out and "(epoch 1)" in out
+    assert f"resumed from {model_dir}/checkpoints/ckpt-2 (epoch 1, step 2)" in out, out[-3000:]
     assert "Epoch 1/2" not in out and "Epoch 2/2" in out
     # The clustering pass labelled all 64 train images, the odd ones included.
     assert "IFND epoch 2: alpha=1, clustering_seconds=" in out and "accepted=64," in out
