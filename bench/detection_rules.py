@@ -48,22 +48,26 @@ def embed_run(run_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def evaluate(embeddings: np.ndarray, labels: np.ndarray, ks: list[int], alphas: list[float],
-             backend: str, seed: int, neighbours_k: int, threads: int | None = None) -> list[dict]:
-    """One row per (rule, alpha): exact pair precision / recall, detected pairs, rule seconds."""
+             backend: str, seed: int, neighbours_k: int, threads: int | None = None,
+             min_levels: tuple[int, ...] = (1,),
+             rules: list[str] = confidence.RULES) -> list[dict]:
+    """One row per (rule, vote, alpha): exact pair precision / recall, detected pairs, rule
+    seconds. The vote is --fn_min_levels (levels that must agree; 1 = the paper's union)."""
     x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     assigns, margins = clustering.cluster_levels(x.astype(np.float32), ks, backend, seed)
     previous, _ = clustering.cluster_levels(x.astype(np.float32), ks, backend, seed + 1)
     rows = []
-    for rule in confidence.RULES:
+    for rule in rules:
         start = time.perf_counter()
         scores = confidence.scores(rule, assigns, margins, x, previous, neighbours_k)
         seconds = time.perf_counter() - start
         for alpha in alphas:
-            quality = diagnostics.false_negative_quality(
-                clustering.accept_levels(assigns, scores, margins, alpha), labels)
-            rows.append({"rule": rule, "alpha": alpha, "precision": quality.precision,
-                         "recall": quality.recall, "detected_pairs": quality.detected_pairs,
-                         "score_seconds": seconds})
+            accepted = clustering.accept_levels(assigns, scores, margins, alpha)
+            for votes in min_levels:
+                quality = diagnostics.false_negative_quality(accepted, labels, votes)
+                rows.append({"rule": rule, "min_levels": votes, "alpha": alpha,
+                             "precision": quality.precision, "recall": quality.recall,
+                             "detected_pairs": quality.detected_pairs, "score_seconds": seconds})
     return rows
 
 
@@ -76,6 +80,9 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.2,0.4,0.6,0.8,1.0")
     parser.add_argument("--kmeans_backend", default=None)
     parser.add_argument("--neighbours_k", type=int, default=10)
+    parser.add_argument("--min_levels", default="1",
+                        help="votes to score, e.g. 1,2,3 (--fn_min_levels; 1 = the union)")
+    parser.add_argument("--rules", default=",".join(confidence.RULES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="detection_rules")
     args = parser.parse_args()
@@ -89,8 +96,10 @@ def main() -> None:
                            else flags.get("num_clusters", ["10", "20", "50"]))]
     backend = args.kmeans_backend or flags.get("kmeans_backend", "faiss")
     alphas = [float(a) for a in args.alphas.split(",")]
-    rows = evaluate(embeddings, labels, ks, alphas, backend, args.seed, args.neighbours_k)
-    columns = ("rule", "alpha", "precision", "recall", "detected_pairs", "score_seconds")
+    votes = tuple(int(v) for v in args.min_levels.split(","))
+    rows = evaluate(embeddings, labels, ks, alphas, backend, args.seed, args.neighbours_k,
+                    min_levels=votes, rules=args.rules.split(","))
+    columns = ("rule", "min_levels", "alpha", "precision", "recall", "detected_pairs", "score_seconds")
     common.print_table(f"Detected false-negative pairs, {len(labels)} samples, k = {ks} "
                        f"({args.run_dir or args.embeddings})", columns,
                        [[row[c] for c in columns] for row in rows])

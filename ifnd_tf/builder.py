@@ -41,7 +41,8 @@ def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
     moco = model.MomentumContrast(
         encoders[0], encoders[1], num_examples, queue_size=cfg.queue_size,
         num_levels=cfg.num_levels, temperature=cfg.temperature, momentum=cfg.moco_momentum,
-        fn_strategy=cfg.fn_strategy, key_bn_splits=cfg.key_bn_splits,
+        fn_strategy=cfg.fn_strategy, fn_min_levels=cfg.fn_min_levels if cfg.ifnd else 1,
+        key_bn_splits=cfg.key_bn_splits,
         weight_decay=cfg.weight_decay, seed=cfg.seed,
         remember_keys=cfg.ifnd and cfg.cluster_features == pseudo_labels.TRAIN_KEYS)
     moco.copy_query_to_key_encoder()
@@ -82,7 +83,8 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
             cfg.acceptance_schedule(), cfg.kmeans(), cfg.seed, cfg.cluster_features,
             true_labels=source.labels, log_dir=os.path.join(run_dir, "logs", "ifnd"),
             confidence_rule=cfg.fn_confidence, neighbours_k=cfg.fn_neighbours_k,
-            oracle_fraction=cfg.fn_oracle_fraction if cfg.fn_oracle else None))
+            oracle_fraction=cfg.fn_oracle_fraction if cfg.fn_oracle else None,
+            min_levels=cfg.fn_min_levels))
         result[-1].resumed_epoch = resumed_epoch  # its restored label table is kept
     if cfg.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
         try:

@@ -79,6 +79,10 @@ flags.DEFINE_enum("fn_confidence", "margin", list(confidence.RULES),
                   "previous epoch's pass; neighbours = fraction of the --fn_neighbours_k nearest "
                   "neighbours in the own cluster (ifnd_tf/confidence.py).")
 flags.DEFINE_integer("fn_neighbours_k", 10, "k of --fn_confidence=neighbours.")
+flags.DEFINE_integer("fn_min_levels", 1,
+                     "A queue entry is a false negative when it shares the anchor's accepted "
+                     "label at this many hierarchy levels or more: 1 = any level (the paper's "
+                     "union); up to len(--num_clusters) = every level (a vote: fewer, surer).")
 flags.DEFINE_bool("fn_oracle", False,
                   "Ablation only: accept the TRUE labels as pseudo-labels at every level (no "
                   "clustering), for a seeded class-balanced alpha * --fn_oracle_fraction of each "
@@ -125,7 +129,8 @@ RUN_DEFINING_FLAGS = (
     "weight_decay", "temperature", "moco_momentum", "queue_size", "ifnd", "fn_strategy",
     "num_clusters", "warmup_epochs", "alpha_start", "alpha_end", "alpha_shape", "kmeans_backend",
     "kmeans_iterations", "kmeans_max_points_per_centroid", "cluster_features", "seed",
-    "mixed_precision", "fn_confidence", "fn_neighbours_k", "fn_oracle", "fn_oracle_fraction")
+    "mixed_precision", "fn_confidence", "fn_neighbours_k", "fn_min_levels", "fn_oracle",
+    "fn_oracle_fraction")
 
 
 # Evaluation: the kNN monitor of ifnd_tf.train, ifnd_tf.linear_eval, ifnd_tf.finetune and
@@ -255,7 +260,10 @@ def validate_flags(num_replicas: int) -> None:
            f"--fn_oracle_fraction must be in [0, 1], got {f.fn_oracle_fraction}")
     _check(not f.fn_oracle or f.ifnd, "--fn_oracle needs --ifnd=true (it replaces the detector)")
     if f.ifnd:
-        cluster_counts()
+        levels = len(cluster_counts())
+        _check(1 <= f.fn_min_levels <= levels,
+               f"--fn_min_levels must be in [1, {levels}] (the levels of --num_clusters), "
+               f"got {f.fn_min_levels}")
 
 
 def validate_against_data(num_examples: int, has_labels: bool = True) -> None:
@@ -351,6 +359,7 @@ class RunConfig:
     cluster_features: str
     fn_confidence: str
     fn_neighbours_k: int
+    fn_min_levels: int
     fn_oracle: bool
     fn_oracle_fraction: float
     embed_batch_size: int

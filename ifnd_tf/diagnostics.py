@@ -4,12 +4,13 @@ Per epoch: pair precision / recall of the detected false negatives, the purity o
 pseudo-labels at each hierarchy level, and how many samples hold an accepted label.
 
 A pair of distinct samples (i, j) is *detected* when they share an accepted pseudo-label at
-some hierarchy level (exactly the rule the loss uses), and is a *true* false negative when
-they share a true class. Counts are exact, over all N(N-1)/2 pairs, via inclusion-exclusion
-over levels, in O(N * 2^levels).
+`min_levels` hierarchy levels or more (exactly the rule the loss uses; 1 = any level), and is
+a *true* false negative when they share a true class. Counts are exact, over all N(N-1)/2
+pairs, via inclusion-exclusion over levels, in O(N * 2^levels).
 """
 import dataclasses
 import itertools
+import math
 
 import numpy as np
 
@@ -34,28 +35,35 @@ def _pairs_sharing_all(columns: list[np.ndarray]) -> int:
     return int(np.sum(counts * (counts - 1) // 2))
 
 
-def _pairs_sharing_any_level(pseudo_labels: np.ndarray, extra: list[np.ndarray]) -> int:
-    """|union over levels of pairs sharing that level's label|, each pair also sharing `extra`."""
+def _pairs_sharing_levels(pseudo_labels: np.ndarray, extra: list[np.ndarray],
+                          min_levels: int = 1) -> int:
+    """Pairs sharing the label at >= min_levels levels, each pair also sharing `extra`.
+
+    Inclusion-exclusion: with S_j the pairs sharing all levels of a j-subset, summed over the
+    j-subsets, #(>= m levels) = sum_{j >= m} (-1)^(j-m) C(j-1, m-1) S_j (m = 1: the union).
+    """
     total = 0
     levels = range(pseudo_labels.shape[0])
-    for size in range(1, pseudo_labels.shape[0] + 1):
-        sign = 1 if size % 2 else -1
+    for size in range(min_levels, pseudo_labels.shape[0] + 1):
+        weight = (-1) ** (size - min_levels) * math.comb(size - 1, min_levels - 1)
         for subset in itertools.combinations(levels, size):
-            total += sign * _pairs_sharing_all([pseudo_labels[l] for l in subset] + extra)
+            total += weight * _pairs_sharing_all([pseudo_labels[l] for l in subset] + extra)
     return total
 
 
-def false_negative_quality(pseudo_labels: np.ndarray, true_labels: np.ndarray) -> FalseNegativeQuality:
+def false_negative_quality(pseudo_labels: np.ndarray, true_labels: np.ndarray,
+                           min_levels: int = 1) -> FalseNegativeQuality:
     """Precision / recall of the pairs the loss would treat as false negatives.
 
     Args:
       pseudo_labels: int [levels, N], -1 = no accepted label.
       true_labels: int [N].
+      min_levels: the loss's vote (losses.false_negative_mask).
     """
     pseudo_labels = np.atleast_2d(np.asarray(pseudo_labels, np.int64))
     true_labels = np.asarray(true_labels, np.int64)
-    detected = _pairs_sharing_any_level(pseudo_labels, [])
-    correct = _pairs_sharing_any_level(pseudo_labels, [true_labels])
+    detected = _pairs_sharing_levels(pseudo_labels, [], min_levels)
+    correct = _pairs_sharing_levels(pseudo_labels, [true_labels], min_levels)
     true_pairs = _pairs_sharing_all([true_labels])
     precision = correct / detected if detected else 0.0
     recall = correct / true_pairs if true_pairs else 0.0
@@ -82,10 +90,10 @@ def num_accepted(pseudo_labels: np.ndarray) -> int:
 
 
 def label_quality(pseudo_labels: np.ndarray, true_labels: np.ndarray,
-                  num_clusters: list[int]) -> dict[str, float]:
+                  num_clusters: list[int], min_levels: int = 1) -> dict[str, float]:
     """The per-epoch diagnostics as log entries: fn_precision, fn_recall, purity_k<k> per level."""
     pseudo_labels = np.atleast_2d(pseudo_labels)
-    quality = false_negative_quality(pseudo_labels, true_labels)
+    quality = false_negative_quality(pseudo_labels, true_labels, min_levels)
     result = {"fn_precision": quality.precision, "fn_recall": quality.recall}
     for k, level in zip(num_clusters, pseudo_labels):
         result[f"purity_k{k}"] = accepted_purity(level, true_labels)

@@ -13,19 +13,24 @@ FALSE_NEGATIVE_STRATEGIES = (ELIMINATION, ATTRACTION)
 _MASKED_LOGIT = -1e9
 
 
-def false_negative_mask(anchor_labels: tf.Tensor, queue_labels: tf.Tensor) -> tf.Tensor:
+def false_negative_mask(anchor_labels: tf.Tensor, queue_labels: tf.Tensor,
+                        min_levels: int = 1) -> tf.Tensor:
     """Which queue entries share an accepted pseudo-label with each anchor.
 
     Args:
       anchor_labels: int [levels, batch], -1 where the anchor has no accepted label.
       queue_labels: int [levels, queue], -1 where the entry has no accepted label.
+      min_levels: how many hierarchy levels must agree: 1 is the paper's union (any level);
+        more is a vote that trades recall for precision (docs/design.md, "Method evidence").
     Returns:
-      bool [batch, queue]: True where anchor and entry agree at any level (union over the
-      hierarchy). Unlabeled (-1) never matches anything, not even another -1.
+      bool [batch, queue]: True where anchor and entry agree at >= min_levels levels.
+      Unlabeled (-1) never matches anything, not even another -1.
     """
     same = tf.equal(anchor_labels[:, :, None], queue_labels[:, None, :])
-    labeled = tf.greater_equal(anchor_labels, 0)[:, :, None]
-    return tf.reduce_any(tf.logical_and(same, labeled), axis=0)
+    agree = tf.logical_and(same, tf.greater_equal(anchor_labels, 0)[:, :, None])
+    if min_levels == 1:
+        return tf.reduce_any(agree, axis=0)
+    return tf.reduce_sum(tf.cast(agree, tf.int32), axis=0) >= min_levels
 
 
 def contrastive_logits(query: tf.Tensor, key: tf.Tensor, queue: tf.Tensor,

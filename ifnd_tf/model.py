@@ -244,7 +244,7 @@ class MomentumContrast(keras.Model):
     def __init__(self, encoder: keras.Model, key_encoder: keras.Model, num_examples: int,
                  queue_size: int = 4096, num_levels: int = 1, temperature: float = 0.2,
                  momentum: float = 0.999, fn_strategy: str = losses.ELIMINATION,
-                 key_bn_splits: int = 1, weight_decay: float = 1e-4, seed: int = 0,
+                 fn_min_levels: int = 1, key_bn_splits: int = 1, weight_decay: float = 1e-4, seed: int = 0,
                  remember_keys: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
@@ -252,6 +252,9 @@ class MomentumContrast(keras.Model):
         self.temperature = temperature
         self.momentum = momentum
         self.fn_strategy = fn_strategy
+        assert 1 <= fn_min_levels <= num_levels, (
+            f"fn_min_levels={fn_min_levels} needs 1..{num_levels} hierarchy levels")
+        self.fn_min_levels = fn_min_levels
         self.key_bn_splits = key_bn_splits
         groups = {layer.groups for layer in key_encoder.layers
                   if isinstance(layer, GroupedBatchNormalization)}
@@ -392,7 +395,7 @@ class MomentumContrast(keras.Model):
         self.update_key_encoder()
         keys = self.momentum_keys(view_k, self.optimizer.iterations)
         fn_mask = losses.false_negative_mask(tf.gather(self.pseudo_labels, index, axis=1),
-                                             self.queue_labels())
+                                             self.queue_labels(), self.fn_min_levels)
         variables = self.encoder.trainable_variables
         with tf.GradientTape() as tape:
             query = tf.cast(self.encoder(view_q, training=True)["embedding"], tf.float32)

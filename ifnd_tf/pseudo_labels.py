@@ -46,7 +46,7 @@ class PseudoLabelCallback(keras.callbacks.Callback):
                  cluster_features: str = CENTER_VIEW, true_labels: np.ndarray | None = None,
                  log_dir: str | None = None, verbose: bool = True,
                  confidence_rule: str = "margin", neighbours_k: int = 10,
-                 oracle_fraction: float | None = None):
+                 oracle_fraction: float | None = None, min_levels: int = 1):
         super().__init__()
         if confidence_rule not in confidence.RULES:
             raise ValueError(f"confidence_rule must be one of {confidence.RULES}, "
@@ -55,6 +55,7 @@ class PseudoLabelCallback(keras.callbacks.Callback):
             raise ValueError("the oracle needs true labels")
         self.confidence = {"rule": confidence_rule, "neighbours_k": neighbours_k}
         self.oracle_fraction = oracle_fraction
+        self.min_levels = min_levels  # the loss's vote, for the FN diagnostics
         self.previous_assignment: np.ndarray | None = None  # for the stability rule
         if cluster_features not in CLUSTER_FEATURES:
             raise ValueError(f"cluster_features must be one of {CLUSTER_FEATURES}, "
@@ -144,4 +145,5 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         self.epoch_logs["accepted"] = 0 if labels is None else diagnostics.num_accepted(labels)
         if labels is not None and self.true_labels is not None:
             self.epoch_logs.update(
-                diagnostics.label_quality(labels, self.true_labels, self.kmeans.num_clusters))
+                diagnostics.label_quality(labels, self.true_labels, self.kmeans.num_clusters,
+                                          self.min_levels))

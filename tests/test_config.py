@@ -76,8 +76,17 @@ def test_oracle_is_refused_without_labels_or_without_ifnd():
         config.validate_flags(num_replicas=1)
 
 
+@pytest.mark.parametrize("value", [0, 4])
+def test_vote_beyond_the_hierarchy_names_the_flag(value):
+    with flagsaver.flagsaver(fn_min_levels=value, num_clusters=["10", "20", "50"]), \
+            pytest.raises(config.ConfigError,
+                          match=rf"--fn_min_levels must be in \[1, 3\] .*got {value}"):
+        config.validate_flags(num_replicas=1)
+
+
 def test_detection_flags_define_the_run():
-    assert {"fn_oracle", "fn_oracle_fraction", "fn_confidence", "fn_neighbours_k"} <= set(
+    assert {"fn_oracle", "fn_oracle_fraction", "fn_confidence", "fn_neighbours_k",
+            "fn_min_levels"} <= set(
         config.RUN_DEFINING_FLAGS)
 
 

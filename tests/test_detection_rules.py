@@ -18,3 +18,14 @@ def test_every_rule_and_alpha_gets_exact_pair_counts():
         assert full["precision"] > 0.9  # well-separated classes are recovered
         assert full["recall"] > half["recall"] > 0.0  # more accepted, more pairs found
         assert full["detected_pairs"] > half["detected_pairs"]
+
+
+def test_a_stricter_vote_detects_a_subset_of_the_pairs():
+    rng = np.random.default_rng(1)
+    truth = np.repeat(np.arange(4), 50)
+    points = (2 * np.eye(8)[truth] + rng.normal(size=(200, 8))).astype(np.float32)
+    rows = detection_rules.evaluate(points, truth, [4, 8, 16], [1.0], "sklearn", seed=0,
+                                    neighbours_k=5, min_levels=(1, 2, 3), rules=["margin"])
+    detected = [r["detected_pairs"] for r in rows]
+    assert [r["min_levels"] for r in rows] == [1, 2, 3]
+    assert detected[0] > detected[1] > detected[2] > 0

@@ -6,10 +6,10 @@ import pytest
 from ifnd_tf import diagnostics
 
 
-def _brute_force(pseudo, truth):
+def _brute_force(pseudo, truth, min_levels=1):
     detected = correct = true_pairs = 0
     for i, j in itertools.combinations(range(len(truth)), 2):
-        hit = any(level[i] >= 0 and level[i] == level[j] for level in pseudo)
+        hit = sum(level[i] >= 0 and level[i] == level[j] for level in pseudo) >= min_levels
         same = truth[i] == truth[j]
         detected += hit
         correct += hit and same
@@ -28,13 +28,15 @@ def test_hand_computed_example():
     assert q.recall == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("min_levels", [1, 2, 3, 4])
 @pytest.mark.parametrize("seed", range(5))
-def test_union_over_levels_matches_brute_force(seed):
+def test_vote_over_levels_matches_brute_force(seed, min_levels):
     rng = np.random.default_rng(seed)
-    pseudo = rng.integers(-1, 4, size=(3, 40))
+    pseudo = rng.choice([-1, 0, 1, 2], p=[0.1, 0.4, 0.4, 0.1], size=(4, 40))
     truth = rng.integers(0, 3, size=40)
-    detected, correct, true_pairs = _brute_force(pseudo, truth)
-    q = diagnostics.false_negative_quality(pseudo, truth)
+    detected, correct, true_pairs = _brute_force(pseudo, truth, min_levels)
+    assert detected > 0  # the draw leaves pairs to count at every vote
+    q = diagnostics.false_negative_quality(pseudo, truth, min_levels)
     assert (q.detected_pairs, q.true_pairs) == (detected, true_pairs)
     assert q.precision == pytest.approx(correct / detected)
     assert q.recall == pytest.approx(correct / true_pairs)

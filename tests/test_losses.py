@@ -80,6 +80,17 @@ def test_mask_is_union_over_levels():
                                   [[True, True, False, True]])
 
 
+def test_mask_vote_needs_that_many_agreeing_levels():
+    anchors = tf.constant([[0], [5], [2]])  # three levels, one anchor
+    queue = tf.constant([[0, 0, 1, 0],
+                         [5, 5, 5, 7],
+                         [2, 9, 9, -1]])  # entries agree at 3, 2, 1, 1 levels
+    for min_levels, expected in [(1, [True] * 4), (2, [True, True, False, False]),
+                                 (3, [True, False, False, False])]:
+        np.testing.assert_array_equal(
+            losses.false_negative_mask(anchors, queue, min_levels).numpy(), [expected])
+
+
 def test_accuracy_counts_positive_at_column_zero():
     logits = tf.constant([[3.0, 1.0, 2.0], [0.0, 1.0, -1.0]])
     assert losses.contrastive_accuracy(logits).numpy() == pytest.approx(0.5)

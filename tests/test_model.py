@@ -133,6 +133,21 @@ def test_train_step_masks_entries_with_the_anchor_label():
     np.testing.assert_array_equal(moco.queue_ids.numpy(), np.arange(8))
 
 
+@pytest.mark.parametrize("min_levels, masked", [(1, 6.0), (2, 2.0)])
+def test_train_step_masks_by_the_vote_over_levels(min_levels, masked):
+    moco = _compiled(_moco(num_examples=8, queue_size=8, levels=2, fn_min_levels=min_levels))
+    moco.enqueue(tf.math.l2_normalize(tf.random.normal([8, 4]), 1), tf.range(8))
+    # Every anchor shares level 0 with 4 entries and level 1 with 4, both levels with 2.
+    moco.set_pseudo_labels([[0, 0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 0, 0, 1, 1]])
+    history = moco.fit(_one_step_data(), epochs=1, verbose=0)
+    assert history.history["masked"][0] == pytest.approx(masked)
+
+
+def test_vote_beyond_the_levels_is_refused():
+    with pytest.raises(AssertionError, match="fn_min_levels=3 needs 1..2"):
+        _moco(levels=2, fn_min_levels=3)
+
+
 def test_elimination_of_whole_queue_gives_zero_loss_and_full_masked_accuracy():
     moco = _compiled(_moco(num_examples=8, queue_size=8))
     moco.enqueue(tf.math.l2_normalize(tf.random.normal([8, 4]), 1), tf.range(8))
