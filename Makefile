@@ -13,8 +13,9 @@ TCMALLOC := $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4
 demo: install data
 	$(PY) -m ifnd_tf.train --flagfile=flags/fashion_mnist.cfg
 
+# Two workers, one per core: most e2e tests wait on a subprocess's start-up (docs/design.md, "Tests").
 test: install data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadscope
 
 install: $(VENV)/.installed
 
