@@ -18,6 +18,7 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
     runtime.prepare()
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -50,9 +51,13 @@ def embed_run(run_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
 def evaluate(embeddings: np.ndarray, labels: np.ndarray, ks: list[int], alphas: list[float],
              backend: str, seed: int, neighbours_k: int, threads: int | None = None,
              min_levels: tuple[int, ...] = (1,),
-             rules: list[str] = confidence.RULES) -> list[dict]:
-    """One row per (rule, vote, alpha): exact pair precision / recall, detected pairs, rule
-    seconds. The vote is --fn_min_levels (levels that must agree; 1 = the paper's union)."""
+             rules: list[str] = confidence.RULES,
+             parts: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """One row per (rule, vote, alpha, part): exact pair precision / recall, detected pairs,
+    rule seconds. The vote is --fn_min_levels (levels that must agree; 1 = the paper's union).
+    `parts` (name -> sample indices) counts only the pairs within each part, e.g. one half of
+    train to choose a setting on and the other to confirm it; default: all samples."""
+    parts = parts or {"all": np.arange(len(labels))}
     x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     assigns, margins = clustering.cluster_levels(x.astype(np.float32), ks, backend, seed)
     previous, _ = clustering.cluster_levels(x.astype(np.float32), ks, backend, seed + 1)
@@ -63,9 +68,10 @@ def evaluate(embeddings: np.ndarray, labels: np.ndarray, ks: list[int], alphas: 
         seconds = time.perf_counter() - start
         for alpha in alphas:
             accepted = clustering.accept_levels(assigns, scores, margins, alpha)
-            for votes in min_levels:
-                quality = diagnostics.false_negative_quality(accepted, labels, votes)
-                rows.append({"rule": rule, "min_levels": votes, "alpha": alpha,
+            for votes, (part, members) in itertools.product(min_levels, parts.items()):
+                quality = diagnostics.false_negative_quality(accepted[:, members],
+                                                             labels[members], votes)
+                rows.append({"rule": rule, "min_levels": votes, "alpha": alpha, "part": part,
                              "precision": quality.precision, "recall": quality.recall,
                              "detected_pairs": quality.detected_pairs, "score_seconds": seconds})
     return rows
@@ -83,6 +89,9 @@ def main() -> None:
     parser.add_argument("--min_levels", default="1",
                         help="votes to score, e.g. 1,2,3 (--fn_min_levels; 1 = the union)")
     parser.add_argument("--rules", default=",".join(confidence.RULES))
+    parser.add_argument("--halves", action="store_true",
+                        help="count pairs within two seeded halves of train, A (to choose a "
+                             "setting on) and B (to confirm it), instead of all samples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="detection_rules")
     args = parser.parse_args()
@@ -97,9 +106,13 @@ def main() -> None:
     backend = args.kmeans_backend or flags.get("kmeans_backend", "faiss")
     alphas = [float(a) for a in args.alphas.split(",")]
     votes = tuple(int(v) for v in args.min_levels.split(","))
+    parts = None
+    if args.halves:
+        order = np.random.default_rng(args.seed).permutation(len(labels))
+        parts = {"A": np.sort(order[::2]), "B": np.sort(order[1::2])}
     rows = evaluate(embeddings, labels, ks, alphas, backend, args.seed, args.neighbours_k,
-                    min_levels=votes, rules=args.rules.split(","))
-    columns = ("rule", "min_levels", "alpha", "precision", "recall", "detected_pairs", "score_seconds")
+                    min_levels=votes, rules=args.rules.split(","), parts=parts)
+    columns = ("rule", "min_levels", "alpha", "part", "precision", "recall", "detected_pairs", "score_seconds")
     common.print_table(f"Detected false-negative pairs, {len(labels)} samples, k = {ks} "
                        f"({args.run_dir or args.embeddings})", columns,
                        [[row[c] for c in columns] for row in rows])

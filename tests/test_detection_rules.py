@@ -29,3 +29,13 @@ def test_a_stricter_vote_detects_a_subset_of_the_pairs():
     detected = [r["detected_pairs"] for r in rows]
     assert [r["min_levels"] for r in rows] == [1, 2, 3]
     assert detected[0] > detected[1] > detected[2] > 0
+
+
+def test_parts_count_only_the_pairs_within_each_part():
+    truth = np.repeat(np.arange(2), 4)
+    points = (5 * np.eye(2)[truth]).astype(np.float32)  # two exact clusters = the classes
+    parts = {"A": np.array([0, 1, 4]), "B": np.array([2, 3, 5, 6, 7])}
+    rows = detection_rules.evaluate(points, truth, [2], [1.0], "sklearn", seed=0, neighbours_k=1,
+                                    rules=["margin"], parts=parts)
+    assert [(r["part"], r["detected_pairs"]) for r in rows] == [("A", 1), ("B", 1 + 3)]
+    assert all(r["precision"] == 1.0 and r["recall"] == 1.0 for r in rows)
