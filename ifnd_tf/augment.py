@@ -89,13 +89,19 @@ def sample_photometric_params(seed: tf.Tensor) -> tf.Tensor:
     return photometric_params(tf.random.stateless_uniform([1, NUM_PARAMS], seed))[0]
 
 
-def batch_views(images: tf.Tensor, size: int, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def batch_views(images: tf.Tensor, size: int, seed: tf.Tensor, first_row=0,
+                num_rows=None) -> tuple[tf.Tensor, tf.Tensor]:
     """Random resized crops of a batch of equal-size images and their photometric draws.
 
-    One crop_and_resize for the whole batch: far fewer ops than cropping image by image.
+    One crop_and_resize for the whole batch: far fewer ops than cropping image by image. The
+    images are rows first_row... of a batch of num_rows (default: all of it) drawn from one
+    seed, so a batch split across workers gets the draws the whole batch would.
     """
     batch = tf.shape(images)[0]
-    u = tf.random.stateless_uniform(tf.stack([batch, 4 + NUM_PARAMS]), seed)
+    num_rows = batch if num_rows is None else num_rows
+    u = tf.random.stateless_uniform(tf.stack([num_rows, 4 + NUM_PARAMS]), seed)
+    first_row = tf.cast(first_row, batch.dtype)
+    u = u[first_row:first_row + batch]
     boxes = crop_boxes(u[:, :4], tf.shape(images)[1], tf.shape(images)[2])
     crops = tf.image.crop_and_resize(images, boxes, tf.range(batch), [size, size])
     return crops, photometric_params(u[:, 4:])

@@ -1,4 +1,5 @@
-"""What a pre-training run is made of, from a RunConfig: the compiled model and the callbacks.
+"""What a pre-training run is made of, from a RunConfig: the compiled model, its input and the
+callbacks.
 
 train.py builds them for a run; bench/ and the tests build the same model from
 `config.RunConfig.defaults(...)` without parsing flags.
@@ -8,7 +9,16 @@ import os
 import keras
 import tensorflow as tf
 
-from ifnd_tf import callbacks, collapse, data, model, monitors, preemption, pseudo_labels
+from ifnd_tf import (
+    callbacks,
+    collapse,
+    data,
+    distribute,
+    model,
+    monitors,
+    preemption,
+    pseudo_labels,
+)
 from ifnd_tf.config import RunConfig
 
 
@@ -56,6 +66,23 @@ def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
     return moco
 
 
+def train_input(cfg: RunConfig, source: data.Source, strategy: tf.distribute.Strategy,
+                phase: preemption.Phase) -> tf.distribute.DistributedDataset:
+    """The phase's stream (a function of seed and step), each worker reading, decoding and
+    augmenting only its share of every global batch (data.train_pipeline)."""
+    def worker_stream(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        if context.num_input_pipelines > 1:
+            share = cfg.batch_size // context.num_input_pipelines
+            first = context.input_pipeline_id * share
+            print(f"training input: worker {context.input_pipeline_id + 1} of "
+                  f"{context.num_input_pipelines} reads examples {first}-{first + share - 1} "
+                  f"of every global batch of {cfg.batch_size}", flush=True)
+        return data.train_pipeline(source, cfg.batch_size, cfg.image_size, cfg.seed,
+                                   start_step=phase.start_step, num_steps=phase.num_steps,
+                                   input_context=context)
+    return strategy.distribute_datasets_from_function(worker_stream)
+
+
 def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.Source,
                    manager: tf.train.CheckpointManager, position: preemption.RunPosition,
                    steps: int, phase: preemption.Phase, stop: preemption.StopRequest,
@@ -77,9 +104,11 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
         saver.hold = lambda: watch.collapsing
     pictures = os.path.join(run_dir, "diagnostics")
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "diagnostics"))
+    worker = distribute.input_context(moco.distribute_strategy)  # each embeds 1/W, then gathers
     if cfg.ifnd:
         result.append(pseudo_labels.PseudoLabelCallback(
-            data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size),
+            data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size,
+                                    input_context=worker),
             cfg.acceptance_schedule(), cfg.kmeans(), cfg.seed, cfg.cluster_features,
             true_labels=source.labels, log_dir=os.path.join(run_dir, "logs", "ifnd"),
             confidence_rule=cfg.fn_confidence, neighbours_k=cfg.fn_neighbours_k,
@@ -96,9 +125,10 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
         subset = data.fixed_subset(source.num_examples, cfg.knn_max_train, cfg.seed)
         result.append(monitors.KnnMonitor(
             moco.distribute_strategy,
-            data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size, subset),
+            data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size, subset, worker),
             source.labels if subset is None else source.labels[subset],
-            data.embedding_pipeline(test, cfg.embed_batch_size, cfg.image_size),
+            data.embedding_pipeline(test, cfg.embed_batch_size, cfg.image_size,
+                                    input_context=worker),
             test.labels, source.num_classes, cfg.knn_every, cfg.knn_k, cfg.knn_temperature,
             pictures, writer, cfg.seed))
     metrics_csv = os.path.join(run_dir, "metrics.csv")

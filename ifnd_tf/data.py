@@ -349,18 +349,31 @@ def load_source(dataset: str, split: str = "train", data_dir: str | None = None,
 
 
 def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
-                   start_step: int = 0, num_steps: int | None = None) -> tf.data.Dataset:
+                   start_step: int = 0, num_steps: int | None = None,
+                   input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Batches of (index, view_q, view_k): two independent MoCo v2 augmentations.
 
     The stream is a function of (seed, step) only: pass p over the data visits the examples in
     a permutation drawn from (seed, p) (a source without random access, a streamed TFDS split:
-    permuted within consecutive blocks of SHUFFLE_BLOCK examples); the views come from stateless draws seeded by (seed, p,
-    index) — per example for image files, per batch (its first example) for arrays in memory,
-    which are cropped a whole batch at a time.
+    permuted within consecutive blocks of SHUFFLE_BLOCK examples); the views come from stateless
+    draws seeded by (seed, p, index) — per example for image files, per global batch (its first
+    example) for arrays in memory, which are cropped a whole batch at a time.
     `start_step` skips the batches a resumed run already trained on; `num_steps` ends the stream
     exactly when training ends (tearing down an endless stream mid-flight stalled the end of
     fit: docs/design.md, "Decisions", epoch boundary).
+
+    `input_context` (from `strategy.distribute_datasets_from_function`): this input pipeline
+    (worker) yields per-replica batches of its share of every global batch only — global
+    replica r gets rows r·b ... (r+1)·b - 1, b = batch_size / replicas — and reads, decodes and
+    augments only those (a stream's encoded records are all read, only the share decoded).
+    Without it: whole global batches. The views are the same either way (docs/design.md,
+    "Per-worker input").
     """
+    context = input_context or tf.distribute.InputContext()
+    per_replica = context.get_per_replica_batch_size(batch_size)
+    local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+    first_row = context.input_pipeline_id * local_replicas * per_replica
+    share = local_replicas * per_replica  # rows of each global batch this pipeline reads
     batches_per_pass = source.num_examples // batch_size
     first_pass, skip_batches = divmod(start_step, batches_per_pass)
 
@@ -384,6 +397,17 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
         blocks = source.stream().batch(SHUFFLE_BLOCK).enumerate()
         return blocks.flat_map(permute).take(batches_per_pass * batch_size)
 
+    def own_rows(*batch):
+        """This pipeline's rows of one global batch (still undecoded), one example each."""
+        return tf.data.Dataset.from_tensor_slices(
+            tuple(t[first_row:first_row + share] for t in batch))
+
+    def own_batch(data_pass, index):
+        """This pipeline's rows of one global batch of indices, their first row in it and the
+        global batch's first index (the views' seed)."""
+        return (data_pass[first_row:first_row + share], index[first_row:first_row + share],
+                first_row, index[0])
+
     def two_views(data_pass, index, raw=None):
         """Per example: images of any size (files, TFDS records)."""
         image = augment.to_float_rgb(source.read(index) if raw is None else decode(raw))
@@ -393,15 +417,18 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
                  for v in (0, 1)]
         return index, views[0], views[1]
 
-    def batched_two_views(data_pass, index):
-        """Per batch: equal-size images in memory, draws seeded by the batch's first example.
+    def batched_two_views(data_pass, index, first_row, batch_first_index):
+        """Per batch: equal-size images in memory, draws seeded by the global batch's first
+        example, each image taking its row of them (the same views however the batch is split).
 
         Gray images stay one channel until apply_photometric returns RGB: a third of the work.
         """
         images = augment.to_float(source.read(index))
-        batch_seed = tf.random.experimental.stateless_fold_in(pass_seed(data_pass[0]), index[0])
+        batch_seed = tf.random.experimental.stateless_fold_in(pass_seed(data_pass[0]),
+                                                              batch_first_index)
         views = [augment.batch_views(images, image_size,
-                                     tf.random.experimental.stateless_fold_in(batch_seed, v))
+                                     tf.random.experimental.stateless_fold_in(batch_seed, v),
+                                     first_row=first_row, num_rows=batch_size)
                  for v in (0, 1)]
         return index, views[0], views[1]
 
@@ -413,15 +440,20 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     ds = ds.skip(skip_batches * batch_size)
     if num_steps is not None:
         ds = ds.take(num_steps * batch_size)
+    # This pipeline's rows are cut from the index stream before anything is read or decoded.
     if source.in_memory:  # batches never straddle passes: each pass is whole batches
-        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.batch(batch_size, drop_remainder=True).map(own_batch)
         ds = ds.map(batched_two_views, num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
+        if share < batch_size:
+            ds = ds.batch(batch_size, drop_remainder=True).flat_map(own_rows)
         ds = ds.map(two_views, num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = ds.batch(batch_size, drop_remainder=True)
+        ds = ds.batch(share, drop_remainder=True)
     ds = ds.map(photometric, num_parallel_calls=AUTOTUNE, deterministic=True)
-    # Several workers: each keeps its share of every global batch of the same stream (the
-    # stream starts from range(), so there are no files to shard by).
+    if local_replicas > 1:  # consecutive per-replica batches go to the local replicas in turn
+        ds = ds.rebatch(per_replica, drop_remainder=True)
+    # Global batches handed to a multi-worker fit as they are (train.py passes the context
+    # instead): each worker keeps its share of the same stream, after reading all of it.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
@@ -436,31 +468,52 @@ def fixed_subset(num_examples: int, size: int, seed: int) -> np.ndarray | None:
 
 
 def embedding_pipeline(source: Source, batch_size: int, image_size: int,
-                       indices: np.ndarray | None = None) -> tf.data.Dataset:
+                       indices: np.ndarray | None = None,
+                       input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Every example once, in order, un-augmented: batches of (index, image).
 
     With `indices` (sorted, unique), only those examples: batches of (position in `indices`,
     image), e.g. the kNN monitor's fixed train subset.
+
+    With `input_context` of W pipelines (workers; `distribute.input_context`), pipeline w reads
+    only positions w, w+W, ... of the range padded to a multiple of W (a padding position p
+    repeats position p - N, a real example), in batches of ceil(batch_size / W): every worker
+    yields as many batches of the same sizes, so their gathers match (embedding.DatasetEmbedder).
     """
     def center(index, image):
         return index, augment.center_crop(augment.to_float_rgb(image), image_size)
 
-    if indices is None:
-        if source.in_memory:  # equal-size images: read and convert whole batches, far fewer ops
-            ds = tf.data.Dataset.range(source.num_examples).batch(batch_size)
-            ds = ds.map(lambda i: center(i, source.read(i)), num_parallel_calls=AUTOTUNE)
-        else:
-            ds = source.examples.map(center, num_parallel_calls=AUTOTUNE).batch(batch_size)
-    elif source.read is None:  # a stream: read it all, keep the chosen ones
+    context = input_context or tf.distribute.InputContext()
+    shards, shard = context.num_input_pipelines, context.input_pipeline_id
+    count = source.num_examples if indices is None else len(indices)
+    if count < shards:
+        raise DataError(f"{source.name}: {count} examples to embed, fewer than the "
+                        f"{shards} workers")
+    batch_size = -(-batch_size // shards)
+    padded = -(-count // shards) * shards
+    if source.read is None:  # a stream: read it all, decode only this worker's examples
+        chosen = np.arange(shard, padded, shards) % count
         keep = np.zeros(source.num_examples, bool)
-        keep[indices] = True
-        chosen = source.examples.filter(lambda i, _: tf.gather(tf.constant(keep), i))
-        ds = chosen.enumerate().map(lambda position, example: center(position, example[1]),
-                                    num_parallel_calls=AUTOTUNE).batch(batch_size)
+        keep[chosen if indices is None else np.asarray(indices)[chosen]] = True
+        examples = source.stream()
+        if not keep.all():
+            examples = examples.filter(lambda i, _: tf.gather(tf.constant(keep), i))
+        if indices is None:
+            ds = examples.map(lambda i, raw: center(i, decode(raw)), num_parallel_calls=AUTOTUNE)
+        else:
+            position_of = np.full(source.num_examples, -1, np.int64)
+            position_of[indices] = np.arange(count)
+            ds = examples.map(lambda i, raw: center(tf.gather(tf.constant(position_of), i),
+                                                    decode(raw)), num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(batch_size)
     else:
-        pairs = tf.data.Dataset.from_tensor_slices(
-            (np.arange(len(indices), dtype=np.int64), np.asarray(indices, np.int64)))
-        if source.in_memory:
+        positions = tf.data.Dataset.range(shard, padded, shards).map(lambda p: p % count)
+        if indices is None:
+            pairs = positions.map(lambda p: (p, p))
+        else:
+            chosen = tf.constant(np.asarray(indices, np.int64))
+            pairs = positions.map(lambda p: (p, tf.gather(chosen, p)))
+        if source.in_memory:  # equal-size images: read and convert whole batches, far fewer ops
             ds = pairs.batch(batch_size).map(lambda p, i: center(p, source.read(i)),
                                              num_parallel_calls=AUTOTUNE)
         else:

@@ -1,4 +1,5 @@
-"""Which tf.distribute engine runs the step, and where each worker writes.
+"""Which tf.distribute engine runs the step, where each worker writes, and which input
+pipeline each worker is.
 
 mirrored (default): all local GPUs, or --cpu_replicas logical CPUs. multi_worker: several
 machines, each described by the TF_CONFIG environment variable. tpu: a TPU named by --tpu.
@@ -6,7 +7,8 @@ one_device: the first GPU, else the CPU.
 
 With several workers only the chief writes into --model_dir; worker i writes its checkpoints,
 logs and flags.json into --model_dir/worker_<i>, and every worker resumes from the chief's
-checkpoints (the model_dir must be on a filesystem all workers see).
+checkpoints (the model_dir must be on a filesystem all workers see). Each worker reads only
+its share of the data (`input_context`; docs/design.md, "Per-worker input").
 """
 import os
 
@@ -54,3 +56,18 @@ def worker_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
     if is_chief(strategy):
         return model_dir
     return os.path.join(model_dir, f"worker_{strategy.cluster_resolver.task_id}")
+
+
+def input_context(strategy: tf.distribute.Strategy) -> tf.distribute.InputContext:
+    """This process's input pipeline (one per worker), as `distribute_datasets_from_function`
+    hands it to its dataset function; for passes that iterate a dataset plainly
+    (embedding.DatasetEmbedder). Worker w's L local replicas are numbered w·L ... w·L + L - 1."""
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return tf.distribute.InputContext()
+    local = len(strategy.extended.worker_devices)
+    ids = strategy.experimental_local_results(
+        strategy.experimental_distribute_values_from_function(
+            lambda context: context.replica_id_in_sync_group))
+    workers = max(1, replicas // local)
+    return tf.distribute.InputContext(workers, min(ids) // local if workers > 1 else 0, replicas)

@@ -7,16 +7,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import model
+from ifnd_tf import distribute, model
 
 
 class DatasetEmbedder:
     """Inference-mode encoder outputs for every (index, image) example, placed by index.
 
-    Each batch is cut into one strided share per replica where it lies (only the shares move to
-    the replicas' devices) and gathered back with its indices, so the result does not depend on
-    how many replicas ran. The dataset is iterated plainly, not as a distributed dataset, whose
-    iterator took up to 7 s to drop after a standalone pass (docs/design.md, "Embedding pass").
+    Each batch is cut into one strided share per local replica (only the shares move to the
+    replicas' devices) and gathered back with its indices from every replica of every worker,
+    so the result does not depend on how many replicas ran. With several workers, give each
+    its own part of the data (`data.embedding_pipeline(input_context=
+    distribute.input_context(strategy))`): every worker then embeds 1/W of it and ends with the
+    whole table. The parts must have the same batch sizes on every worker (the gathers are
+    collectives), as embedding_pipeline's are. The dataset is iterated plainly, not as a
+    distributed dataset, whose iterator took up to 7 s to drop after a standalone pass
+    (docs/design.md, "Embedding pass").
     The encoder runs with its BatchNorm folded into the convolutions (model.FoldedEncoder,
     re-folded at every call): the same outputs to float rounding, fewer and fused kernels.
     """
@@ -27,6 +32,8 @@ class DatasetEmbedder:
         self.dataset = dataset
         self.num_examples = num_examples
         self.dim = encoder.output[output].shape[-1]
+        self.worker = distribute.input_context(strategy)
+        self.embedded_here = 0  # examples this worker embedded in the last pass
         with strategy.scope():
             self.folded = model.FoldedEncoder(encoder)
         folded = self.folded
@@ -42,11 +49,14 @@ class DatasetEmbedder:
         self._embed_batch = embed_batch
 
     def _replica_shares(self, index: tf.Tensor, images: tf.Tensor):
-        """Per-replica (index, images): every num_replicas-th example from the replica's id."""
+        """Per-replica (index, images): every L-th example of this worker's batch from the
+        local replica's id (L local replicas; worker w's are numbered w·L ... w·L + L - 1)."""
+        local = self.strategy.num_replicas_in_sync // self.worker.num_input_pipelines
+
         def share(context):
-            first, step = context.replica_id_in_sync_group, context.num_replicas_in_sync
+            first = context.replica_id_in_sync_group % local
             with tf.device(images.device):
-                return index[first::step], images[first::step]
+                return index[first::local], images[first::local]
         return self.strategy.experimental_distribute_values_from_function(share)
 
     def __call__(self) -> np.ndarray:
@@ -54,10 +64,16 @@ class DatasetEmbedder:
         self.folded.refresh()  # training moved the weights since the last pass
         result = np.zeros((num_examples, self.dim), np.float32)
         seen = np.zeros(num_examples, bool)
+        self.embedded_here = 0
         for index, images in self.dataset:
+            self.embedded_here += int(index.shape[0])
             index, values = self._embed_batch(*self._replica_shares(index, images))
             result[index.numpy()] = values.numpy()
             seen[index.numpy()] = True
         if not seen.all():
             raise RuntimeError(f"embedding pass covered {seen.sum()} of {num_examples} examples")
+        if self.worker.num_input_pipelines > 1:
+            print(f"embedding pass: worker {self.worker.input_pipeline_id + 1} of "
+                  f"{self.worker.num_input_pipelines} embedded {self.embedded_here} of "
+                  f"{num_examples} examples, gathered the rest", flush=True)
         return result

@@ -87,9 +87,7 @@ def run() -> str | None:
                                                           steps, phases[0], stop, run_dir)
         for phase in phases:
             # The data stream is a function of (seed, step): a resumed run sees the same batches.
-            train_data = data.train_pipeline(source, cfg.batch_size, cfg.image_size, cfg.seed,
-                                             start_step=phase.start_step,
-                                             num_steps=phase.num_steps)
+            train_data = builder.train_input(cfg, source, strategy, phase)
             try:
                 moco.fit(train_data, epochs=phase.end_epoch, initial_epoch=phase.first_epoch,
                          steps_per_epoch=phase.steps_per_epoch, callbacks=fit_callbacks,

@@ -3,10 +3,13 @@
 tcmalloc as in the entry points; two logical CPU devices so MirroredStrategy really has two
 replicas. Helpers: `run_cli` (a command on flags/smoke.cfg in a subprocess), `event_tags`
 (TensorBoard event tags), `read_metrics_csv`, `smoke_config` / `small_moco` (the smoke run's
-model from a RunConfig), `restore_smoke_model`, `write_image_folder` and `lock_holder` (a
-process holding a run directory's lock).
+model from a RunConfig), `restore_smoke_model`, `write_image_folder`, `counting_reads` (which
+examples a pipeline read), `free_ports` and `lock_holder` (a process holding a run directory's
+lock).
 """
+import dataclasses
 import os
+import socket
 import subprocess
 import sys
 
@@ -137,6 +140,36 @@ def write_image_folder(root, classes=("cat", "dog"), per_class=3, size=(20, 30))
         for i in range(per_class):
             pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
             tf.io.write_file(str(root / "train" / c / f"{i}.png"), tf.io.encode_png(pixels))
+
+
+def counting_reads(source):
+    """(a copy of source recording every index it reads, the list of those indices)."""
+    import numpy as np
+    import tensorflow as tf
+
+    reads, read = [], source.read
+
+    def record(index):
+        reads.extend(np.atleast_1d(index).tolist())
+        return index
+
+    def counted(index):
+        recorded = tf.numpy_function(record, [index], tf.int64, stateful=True)
+        recorded.set_shape(index.shape)
+        return read(recorded)
+
+    return dataclasses.replace(source, read=counted), reads
+
+
+def free_ports(count):
+    """`count` TCP ports on 127.0.0.1 that were free a moment ago (for TF_CONFIG clusters)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
 def lock_holder(folder):

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import write_image_folder
+from conftest import counting_reads, write_image_folder
 
 from ifnd_tf import data
 
@@ -287,23 +287,85 @@ def _embedded(pipeline):
             np.concatenate([x.numpy() for _, x in batches]))
 
 
-@pytest.mark.parametrize("kind", ["in_memory", "files", "stream"])
-def test_embedding_pipeline_of_a_subset_yields_positions_and_those_images(kind, tmp_path,
-                                                                          monkeypatch):
+def _source(kind, folder, monkeypatch, num_examples):
+    """digits' test split in memory, an image folder, or a streamed TFDS split (TFRecord)."""
     import tensorflow_datasets as tfds
 
     if kind == "in_memory":
-        source = data.load_source("digits", "test")
-    elif kind == "files":
-        write_image_folder(tmp_path, per_class=5)
-        source = data.load_source(f"folder:{tmp_path}")
-    else:
-        monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)
-        monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", _no_random_access)
-        with tfds.testing.mock_data(num_examples=12):
-            source = data.load_source("imagenette/160px")
+        return data.load_source("digits", "test")
+    if kind == "files":
+        write_image_folder(folder, per_class=num_examples // 2)
+        return data.load_source(f"folder:{folder}")
+    monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", _no_random_access)
+    with tfds.testing.mock_data(num_examples=num_examples):
+        return data.load_source("imagenette/160px")
+
+
+@pytest.mark.parametrize("kind", ["in_memory", "files", "stream"])
+def test_embedding_pipeline_of_a_subset_yields_positions_and_those_images(kind, tmp_path,
+                                                                          monkeypatch):
+    source = _source(kind, tmp_path, monkeypatch, num_examples=10 if kind == "files" else 12)
     subset = np.array([1, 4, 5, 8])
     positions, images = _embedded(data.embedding_pipeline(source, 3, 8, subset))
     _, everything = _embedded(data.embedding_pipeline(source, 3, 8))
     np.testing.assert_array_equal(positions, np.arange(4))
     np.testing.assert_allclose(images, everything[subset], atol=1e-6)
+
+
+@pytest.mark.parametrize("local_replicas", [1, 2])
+@pytest.mark.parametrize("kind", ["in_memory", "files", "stream"])
+def test_each_worker_reads_only_its_rows_and_together_they_make_the_global_batch(
+        kind, local_replicas, tmp_path, monkeypatch):
+    """Two input pipelines (workers) of `local_replicas` replicas each: per step, the
+    per-replica batches of worker 0 then worker 1 are the one-pipeline global batch, views
+    included, and a worker reads no other example. Steps 1-3 of 16 examples in batches of 8
+    cross a pass boundary."""
+    source = _source(kind, tmp_path, monkeypatch, num_examples=16)
+    whole = _batches(data.train_pipeline(source, 8, 16, seed=0, start_step=1, num_steps=3))
+    parts, reads = [], []
+    for worker in range(2):
+        counted, read = counting_reads(source) if source.read is not None else (source, None)
+        context = tf.distribute.InputContext(2, worker, 2 * local_replicas)
+        parts.append(_batches(data.train_pipeline(counted, 8, 16, seed=0, start_step=1,
+                                                  num_steps=3, input_context=context)))
+        reads.append(read)
+        assert len(parts[-1]) == 3 * local_replicas
+        assert all(len(batch[0]) == 8 // (2 * local_replicas) for batch in parts[-1])
+    for step, batch in enumerate(whole):
+        replicas = [b for part in parts for b in part[step * local_replicas:][:local_replicas]]
+        np.testing.assert_array_equal(np.concatenate([b[0] for b in replicas]), batch[0])
+        for view in (1, 2):
+            np.testing.assert_allclose(np.concatenate([b[view] for b in replicas]), batch[view],
+                                       atol=1e-6)
+    for part, read in zip(parts, reads):
+        if read is not None:  # random access: exactly its own rows were read
+            assert sorted(read) == sorted(np.concatenate([b[0] for b in part]).tolist())
+
+
+@pytest.mark.parametrize("kind", ["in_memory", "files", "stream"])
+def test_embedding_workers_read_a_padded_strided_share_in_equal_batches(kind, tmp_path,
+                                                                        monkeypatch):
+    """7 workers, batch 14 (2 per worker): worker w reads positions w, w+7, ... of the range
+    padded to a multiple of 7, a padding position p repeating p - N (10 examples: 10-13 repeat
+    0-3; digits: 360-363 repeat 0-3), in batches of the same sizes on every worker (the gathers
+    match)."""
+    source = _source(kind, tmp_path, monkeypatch, num_examples=10)
+    count = source.num_examples
+    _, everything = _embedded(data.embedding_pipeline(source, 14, 8))
+    covered = set()
+    sizes = []
+    for worker in range(7):
+        expected = (np.arange(worker, -(-count // 7) * 7, 7) % count).tolist()
+        counted, read = counting_reads(source) if source.read is not None else (source, None)
+        batches = list(data.embedding_pipeline(
+            counted, 14, 8, input_context=tf.distribute.InputContext(7, worker)))
+        sizes.append([len(index) for index, _ in batches])
+        index, images = _embedded(batches)
+        assert sorted(index.tolist()) == sorted(expected)  # a stream keeps its stored order
+        np.testing.assert_allclose(images, everything[index], atol=1e-6)
+        if read is not None:
+            assert sorted(read) == sorted(expected)
+        covered |= set(index.tolist())
+    assert covered == set(range(count))
+    assert all(s == sizes[0] for s in sizes) and sizes[0][0] == 2

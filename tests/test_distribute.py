@@ -1,7 +1,6 @@
 """Strategy choice, chief/worker directories, and a real two-worker run on 127.0.0.1."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import types
@@ -9,7 +8,7 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, read_metrics_csv, restore_smoke_model
+from conftest import ROOT, free_ports, read_metrics_csv, restore_smoke_model
 
 from ifnd_tf import distribute
 
@@ -39,19 +38,9 @@ def test_single_machine_strategies(one_replica):
     assert isinstance(distribute.make_strategy(kind="one_device"), tf.distribute.OneDeviceStrategy)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.e2e
 def test_two_workers_train_to_identical_weights_and_labels(tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     processes = []
     for index in range(2):
         env = dict(os.environ, TF_CONFIG=json.dumps(
@@ -64,6 +53,13 @@ def test_two_workers_train_to_identical_weights_and_labels(tmp_path):
     outputs = [p.communicate(timeout=400)[0] for p in processes]
     assert processes[0].returncode == 0, outputs[0][-3000:]
     assert "IFND epoch 2: alpha=1" in outputs[0] and "IFND epoch 2: alpha=1" in outputs[1]
+    for index, output in enumerate(outputs):  # each read only its share (tests/test_data.py)
+        first = 32 * index
+        assert (f"training input: worker {index + 1} of 2 reads examples {first}-{first + 31} "
+                "of every global batch of 64") in output
+        # 1437 examples padded to 1438: 719 each, counted as they were embedded.
+        assert (f"embedding pass: worker {index + 1} of 2 embedded 719 of 1437 examples, "
+                "gathered the rest") in output
 
     chief, worker = restore_smoke_model(tmp_path), restore_smoke_model(tmp_path / "worker_1")
     np.testing.assert_array_equal(chief.pseudo_labels.numpy(), worker.pseudo_labels.numpy())

@@ -1,4 +1,11 @@
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
+import pytest
+from conftest import ROOT, free_ports
 
 from ifnd_tf import data, model
 from ifnd_tf.embedding import DatasetEmbedder
@@ -15,3 +22,59 @@ def test_embedder_places_every_example_by_index(one_replica, two_replicas):
         embedder = DatasetEmbedder(encoder, strategy, pipeline, source.num_examples)
         for _ in range(2):  # reusable, e.g. once per epoch
             np.testing.assert_allclose(embedder(), expected, rtol=1e-4, atol=1e-5)
+
+
+# One worker of a two-worker cluster: embeds its share of digits' train split (1,437 examples,
+# batches of 101 = 51 per worker) and saves the gathered table, the indices it read and the
+# encoder's weights.
+WORKER = """
+import json, sys
+sys.path.insert(0, "tests")
+import numpy as np, tensorflow as tf
+from conftest import counting_reads
+from ifnd_tf import data, distribute, model
+from ifnd_tf.embedding import DatasetEmbedder
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+source, reads = counting_reads(data.load_source("digits"))
+with strategy.scope():
+    encoder = model.build_encoder("small", 16, 0.25, embedding_dim=16)
+pipeline = data.embedding_pipeline(source, 101, 16,
+                                   input_context=distribute.input_context(strategy))
+table = DatasetEmbedder(encoder, strategy, pipeline, source.num_examples)()
+out = sys.argv[1]
+np.save(out + ".npy", table)
+encoder.save_weights(out + ".weights.h5")
+with open(out + ".json", "w") as f:
+    json.dump(reads, f)
+"""
+
+
+@pytest.mark.e2e
+def test_two_workers_each_embed_half_and_both_hold_the_single_worker_table(tmp_path,
+                                                                            one_replica):
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(tmp_path / f"worker{index}")], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    for index, (process, output) in enumerate(zip(processes, outputs)):
+        assert process.returncode == 0, output[-3000:]
+        # 1,437 padded to 1,438: worker 1's last position, 1,437, repeats example 0.
+        assert "embedded 719 of 1437 examples" in output
+        with open(tmp_path / f"worker{index}.json") as f:
+            reads = json.load(f)
+        assert sorted(reads) == sorted(np.arange(index, 1438, 2) % 1437)
+    tables = [np.load(tmp_path / f"worker{index}.npy") for index in range(2)]
+    np.testing.assert_array_equal(tables[0], tables[1])
+    with one_replica.scope():
+        encoder = model.build_encoder("small", 16, 0.25, embedding_dim=16)
+    encoder.load_weights(tmp_path / "worker0.weights.h5")
+    source = data.load_source("digits")
+    single = DatasetEmbedder(encoder, one_replica, data.embedding_pipeline(source, 101, 16),
+                             source.num_examples)()
+    np.testing.assert_allclose(tables[0], single, rtol=1e-4, atol=1e-5)
