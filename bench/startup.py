@@ -14,35 +14,11 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
     runtime.prepare()
 
 import argparse
-import concurrent.futures
 import os
-import shutil
 import time
-
-import numpy as np
 
 from bench import common, imagenet_like
 from ifnd_tf import data
-
-
-def _write_class(args) -> None:
-    split_dir, label, count, seed, size_range = args
-    imagenet_like.write_class_folder(split_dir, label, count, np.random.default_rng(seed),
-                                     size_range=size_range)
-
-
-def generate(root: str, num_images: int, num_classes: int, size_range) -> str:
-    split_dir = os.path.join(root, "train")
-    marker = os.path.join(root, f"complete_{num_images}_{num_classes}_{size_range[0]}_{size_range[1]}")
-    if os.path.exists(marker):
-        return split_dir
-    shutil.rmtree(root, ignore_errors=True)
-    per_class = num_images // num_classes
-    jobs = [(split_dir, c, per_class, c, size_range) for c in range(num_classes)]
-    with concurrent.futures.ProcessPoolExecutor(os.cpu_count()) as pool:
-        list(pool.map(_write_class, jobs))
-    open(marker, "w").close()
-    return split_dir
 
 
 def timed(function) -> tuple[float, object]:
@@ -61,8 +37,8 @@ def main() -> None:
     parser.add_argument("--name", default="startup")
     args = parser.parse_args()
 
-    seconds, split_dir = timed(lambda: generate(args.root, args.num_images, args.num_classes,
-                                                (args.min_size, args.max_size)))
+    seconds, split_dir = timed(lambda: imagenet_like.write_train_folder(
+        args.root, args.num_images, args.num_classes, (args.min_size, args.max_size)))
     print(f"data ready in {seconds:.1f} s: {split_dir}", flush=True)
     dataset = f"folder:{args.root}"
     model_dir = os.path.join(args.root, "model_dir")

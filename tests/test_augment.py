@@ -123,3 +123,29 @@ def test_batch_views_are_seeded_and_differ_per_image():
     assert crops.shape == (6, 12, 12, 3) and params.shape == (6, augment.NUM_PARAMS)
     np.testing.assert_array_equal(crops.numpy(), again.numpy())
     assert not np.allclose(crops[0].numpy(), crops[1].numpy())  # each copy cropped differently
+
+
+def test_blur_of_an_impulse_is_the_normalised_gaussian():
+    size, sigma = 64, 1.5
+    radius = size // 20
+    impulse = np.zeros((1, size, size, 3), np.float32)
+    impulse[0, 32, 32] = 1.0
+    out = augment.apply_photometric(tf.constant(impulse), _params(blur=1, sigma=sigma)).numpy()
+    taps = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2))
+    taps /= taps.sum()
+    window = out[0, 32 - radius:33 + radius, 32 - radius:33 + radius, 1]
+    np.testing.assert_allclose(window, np.outer(taps, taps), atol=1e-6)
+    np.testing.assert_allclose(out.sum(axis=(0, 1, 2)), 1.0, atol=1e-5)  # nothing else lit
+
+
+def test_photometric_compiles_with_xla_and_matches_the_uncompiled_ops():
+    images = tf.random.uniform([8, 64, 64, 3], seed=10)
+    params = augment.photometric_params(tf.random.stateless_uniform([8, augment.NUM_PARAMS],
+                                                                    _seed(11)))
+    hlo = augment.apply_photometric.experimental_get_compiler_ir(images, params)(stage="hlo")
+    assert "HloModule" in hlo
+    compiled = augment.apply_photometric(images, params).numpy()
+    np.testing.assert_array_equal(compiled, augment.apply_photometric(images, params).numpy())
+    plain = augment.apply_photometric.python_function(images, params).numpy()  # eager ops
+    np.testing.assert_allclose(compiled, plain, atol=1e-5)
+    assert not np.allclose(compiled, images.numpy(), atol=1e-2)  # the ops really ran
