@@ -86,8 +86,9 @@ def average_local_batch_norm(models: list[keras.Model]) -> None:
 
 def batch_norm_factory(sync_bn: bool = True,
                        groups: int | None = None) -> Callable[[str], keras.layers.Layer]:
-    """The BatchNorm every conv of an encoder gets: synchronised across replicas (plain BN's
-    moving statistics drift apart), or, given groups, grouped and local (key shuffle-BN)."""
+    """The BatchNorm every conv of an encoder gets: synchronised across replicas (SyncBN), or
+    replica-local: plain (sync_bn=False) or, given groups, grouped (key shuffle-BN). The local
+    ones' moving statistics are averaged over replicas by `average_local_batch_norm`."""
     def make(name: str) -> keras.layers.Layer:
         if groups is not None:
             return GroupedBatchNormalization(groups, momentum=0.9, epsilon=1e-5, name=name)
