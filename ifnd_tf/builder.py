@@ -23,18 +23,30 @@ from ifnd_tf.config import RunConfig
 
 
 def use_jit(mode: str, strategy: tf.distribute.Strategy, deterministic: bool) -> bool:
-    """XLA for the step: `on` (validated: one replica, no op determinism), or `auto` = exactly
-    one GPU without determinism (XLA was not faster on CPU; docs/design.md "XLA")."""
+    """XLA for the step: `on` (validated by config: no op determinism; several replicas need
+    --sync_bn=false), or `auto` = exactly one GPU without determinism (XLA was not faster on
+    CPU; docs/design.md "XLA")."""
     if mode == "auto":
         return (strategy.num_replicas_in_sync == 1 and not deterministic
                 and bool(tf.config.list_physical_devices("GPU")))
     return mode == "on"
 
 
+# What XLA compiles with several replicas, and what not (model.MomentumContrast, docs/design.md
+# "XLA"): the start-up line names both.
+PER_REPLICA_COMPILED = ("train step: per-replica part XLA-compiled (key encoder EMA update, key "
+                        "and query encoder forward, loss, gradients); not compiled: the "
+                        "cross-replica ops (shuffle-BN gathers, BatchNorm moving-statistics mean, "
+                        "gradient all-reduce + SGD apply, queue update): MirroredStrategy cannot "
+                        "run them inside an XLA function")
+
+
 def describe_step(moco: model.MomentumContrast, mode: str) -> str:
-    """One start-up line saying whether the step really is XLA-compiled (Keras may refuse)."""
+    """One start-up line saying what of the step really is XLA-compiled (Keras may refuse)."""
     if moco.jit_compile:
-        return "train step: XLA-compiled"
+        return "train step: XLA-compiled (the whole step, one replica)"
+    if moco.compiles_per_replica:
+        return PER_REPLICA_COMPILED
     why = {"off": "--jit_compile=off", "on": "Keras declined to compile this model"}.get(
         mode, "--jit_compile=auto compiles only on exactly one GPU with --deterministic=false")
     return f"train step: not XLA-compiled ({why})"
@@ -42,9 +54,10 @@ def describe_step(moco: model.MomentumContrast, mode: str) -> str:
 
 def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
                 jit: bool = False) -> model.MomentumContrast:
-    """Encoders, MoCo model and SGD with linear-scaled lr and cosine decay (call in scope)."""
-    key_groups = model.key_bn_groups(cfg.key_bn_splits,
-                                     tf.distribute.get_strategy().num_replicas_in_sync)
+    """Encoders, MoCo model and SGD with linear-scaled lr and cosine decay (call in scope);
+    jit: XLA for the step (the whole step on one replica, the per-replica part on several)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    key_groups = model.key_bn_groups(cfg.key_bn_splits, replicas)
     encoders = [model.build_encoder(cfg.backbone, cfg.image_size, cfg.width_multiplier,
                                     cfg.embedding_dim, cfg.sync_bn, bn_groups=groups)
                 for groups in (None, key_groups)]  # query, key (shuffle-BN groups)
@@ -54,14 +67,16 @@ def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
         fn_strategy=cfg.fn_strategy, fn_min_levels=cfg.fn_min_levels if cfg.ifnd else 1,
         key_bn_splits=cfg.key_bn_splits,
         weight_decay=cfg.weight_decay, seed=cfg.seed,
-        remember_keys=cfg.ifnd and cfg.cluster_features == pseudo_labels.TRAIN_KEYS)
+        remember_keys=cfg.ifnd and cfg.cluster_features == pseudo_labels.TRAIN_KEYS,
+        compile_per_replica=jit and replicas > 1)
     moco.copy_query_to_key_encoder()
     schedule = keras.optimizers.schedules.CosineDecay(
         cfg.learning_rate * cfg.batch_size / 256, decay_steps=cfg.epochs * steps_per_epoch)
     optimizer = keras.optimizers.SGD(schedule, momentum=cfg.sgd_momentum)
     if cfg.mixed_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    moco.compile(optimizer=optimizer, jit_compile=jit)
+    # One replica: Keras compiles the whole step; several: only the per-replica part (above).
+    moco.compile(optimizer=optimizer, jit_compile=jit and replicas == 1)
     optimizer.build(moco.encoder.trainable_variables)
     return moco
 

@@ -30,7 +30,10 @@ flags.DEFINE_bool("strict_data", False, "Stop on an unreadable image instead of 
 flags.DEFINE_enum("backbone", "small", sorted(model.BACKBONES), "Encoder backbone.")
 flags.DEFINE_float("width_multiplier", 1.0, "Channel width multiplier of the backbone.")
 flags.DEFINE_integer("embedding_dim", 128, "Output size of the projection head.")
-flags.DEFINE_bool("sync_bn", True, "Synchronise BatchNorm statistics across replicas.")
+flags.DEFINE_bool("sync_bn", True,
+                  "Normalise with BatchNorm statistics of the global batch (SyncBN); false: each "
+                  "replica normalises its own batch, as MoCo's GPUs do (moving statistics are "
+                  "averaged over replicas either way).")
 flags.DEFINE_integer("key_bn_splits", 4,
                      "Shuffle-BN: the global key batch is shuffled across replicas and normalised "
                      "in this many groups, key_bn_splits / replicas on each replica, never "
@@ -104,8 +107,10 @@ flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu
 flags.DEFINE_integer("cpu_replicas", 1,
                      "Without GPUs: split the CPU into this many logical devices (MirroredStrategy).")
 flags.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],
-                  "XLA for the train step: on needs one replica and --deterministic=false; "
-                  "auto = on for exactly one GPU with --deterministic=false.")
+                  "XLA for the train step: on needs --deterministic=false, and with several "
+                  "replicas --sync_bn=false (then each replica's forward/backward is compiled, "
+                  "the cross-replica ops not); auto = on for exactly one GPU with "
+                  "--deterministic=false.")
 flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
                   "Mixed-precision policy of the encoders.")
 flags.DEFINE_integer("checkpoint_every_steps", 0,
@@ -247,14 +252,19 @@ def validate_flags(num_replicas: int) -> None:
     _check(f.collapse_steps >= 0, f"--collapse_steps must be >= 0, got {f.collapse_steps}")
     _check(0 <= f.collapse_spread < 1, f"--collapse_spread must be in [0, 1), got {f.collapse_spread}")
     _check(f.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {f.keep_checkpoints}")
-    # XLA (docs/design.md "XLA"): Keras silently drops jit_compile under op determinism, and
-    # MirroredStrategy's compiled replica functions read other devices' variables in TF 2.21.
+    # XLA (docs/design.md "XLA"): Keras silently drops jit_compile under op determinism; with
+    # several replicas only the per-replica part is compiled, which must hold no cross-replica op.
     _check(f.jit_compile != "on" or not f.deterministic,
-           "--jit_compile=on needs --deterministic=false: Keras does not compile a step under "
-           "TF op determinism")
-    _check(f.jit_compile != "on" or num_replicas == 1,
-           f"--jit_compile=on needs one replica, got {num_replicas}: XLA cannot compile the "
-           "MirroredStrategy step in TF 2.21 (replica variables on other devices)")
+           "--jit_compile=on needs --deterministic=false: XLA-compiled ops are not covered by TF "
+           "op determinism (Keras does not compile a step under it)")
+    if f.jit_compile == "on" and num_replicas > 1:
+        _check(f.strategy == "mirrored",
+               f"--jit_compile=on with {num_replicas} replicas is supported (and tested) with "
+               f"--strategy=mirrored only, got --strategy={f.strategy}")
+        _check(not f.sync_bn,
+               f"--jit_compile=on with {num_replicas} replicas needs --sync_bn=false: SyncBN "
+               "all-reduces inside the encoder's forward pass, and MirroredStrategy cannot run a "
+               "cross-replica op inside the per-replica XLA function")
     _check(f.fn_neighbours_k >= 1, f"--fn_neighbours_k must be >= 1, got {f.fn_neighbours_k}")
     _check(0.0 <= f.fn_oracle_fraction <= 1.0,
            f"--fn_oracle_fraction must be in [0, 1], got {f.fn_oracle_fraction}")

@@ -23,7 +23,9 @@ class GroupedBatchNormalization(keras.layers.BatchNormalization):
     shuffle-BN (each replica normalises its own slice of the shuffled keys, as MoCo's GPUs do)
     in ONE forward pass (one forward per group was the ResNet-18 step's largest avoidable cost on
     CPU, docs/design.md "Shuffle-BN"). The moving statistics take the mean of the group
-    statistics over groups and replicas, so replicas stay identical. Inference is plain BN.
+    statistics; `MomentumContrast` then averages them over replicas (`average_local_batch_norm`),
+    outside the forward pass, so the forward has no cross-replica op and compiles per replica
+    under XLA (docs/design.md "XLA"). Inference is plain BN.
     """
 
     def __init__(self, groups: int = 1, **kwargs):
@@ -49,14 +51,6 @@ class GroupedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(out, self.compute_dtype)
 
     def _update_moving_statistics(self, mean: tf.Tensor, variance: tf.Tensor) -> None:
-        """Averaged over replicas too, so every replica keeps the same moving statistics (the
-        clustering pass runs the key encoder in inference mode on all of them)."""
-        replica = tf.distribute.get_replica_context()
-        if replica is not None and replica.num_replicas_in_sync > 1:
-            # One SUM per tensor, as Keras' SyncBN all-reduces its moments.
-            replicas = float(replica.num_replicas_in_sync)
-            mean = replica.all_reduce(tf.distribute.ReduceOp.SUM, mean) / replicas
-            variance = replica.all_reduce(tf.distribute.ReduceOp.SUM, variance) / replicas
         m = self.momentum
         self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
         self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
@@ -65,10 +59,36 @@ class GroupedBatchNormalization(keras.layers.BatchNormalization):
         return {**super().get_config(), "groups": self.groups}
 
 
+def average_local_batch_norm(models: list[keras.Model]) -> None:
+    """Set the moving statistics of every replica-local BatchNorm of `models` (shuffle-BN
+    groups, --sync_bn=false) to their mean over replicas, in one all-reduce.
+
+    Each replica updated them with its own batch statistics; every replica starts from the same
+    value, so the mean equals an update with the replicas' mean statistics, and the copies stay
+    identical (the inference passes run on all replicas). Call in replica context, after the
+    forward passes.
+    """
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        return
+    variables = [v for m in models for layer in m.layers
+                 if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+                 for v in (layer.moving_mean, layer.moving_variance)]
+    if variables:
+        # tf.identity places each read on this replica's device: a bare variable read carries
+        # none, and MultiWorkerMirroredStrategy's all-reduce then fails ("destinations can not
+        # be empty").
+        means = replica.all_reduce(tf.distribute.ReduceOp.MEAN,
+                                   [tf.identity(v.value) for v in variables])
+        for variable, mean in zip(variables, means):
+            variable.assign(mean)
+
+
 def batch_norm_factory(sync_bn: bool = True,
                        groups: int | None = None) -> Callable[[str], keras.layers.Layer]:
-    """The BatchNorm every conv of an encoder gets: synchronised across replicas (plain BN's
-    moving statistics drift apart), or, given groups, grouped and local (key shuffle-BN)."""
+    """The BatchNorm every conv of an encoder gets: synchronised across replicas (SyncBN), or
+    replica-local: plain (sync_bn=False) or, given groups, grouped (key shuffle-BN). The local
+    ones' moving statistics are averaged over replicas by `average_local_batch_norm`."""
     def make(name: str) -> keras.layers.Layer:
         if groups is not None:
             return GroupedBatchNormalization(groups, momentum=0.9, epsilon=1e-5, name=name)
@@ -239,13 +259,19 @@ class MomentumContrast(keras.Model):
     train_step: EMA-update the key encoder, embed both views, mask queue entries whose accepted
     pseudo-label matches the anchor's, take one SGD step on the query encoder, enqueue the keys
     with their dataset indices.
+
+    compile_per_replica: XLA-compile each replica's EMA update, key and query forward, loss and
+    gradients (three compiled functions); the cross-replica ops between them (shuffle-BN
+    gathers, the BatchNorm statistics mean, the gradient all-reduce and SGD apply, the queue
+    update) stay outside. For several replicas; one replica compiles the whole step instead.
     """
 
     def __init__(self, encoder: keras.Model, key_encoder: keras.Model, num_examples: int,
                  queue_size: int = 4096, num_levels: int = 1, temperature: float = 0.2,
                  momentum: float = 0.999, fn_strategy: str = losses.ELIMINATION,
-                 fn_min_levels: int = 1, key_bn_splits: int = 1, weight_decay: float = 1e-4, seed: int = 0,
-                 remember_keys: bool = False, **kwargs):
+                 fn_min_levels: int = 1, key_bn_splits: int = 1, weight_decay: float = 1e-4,
+                 seed: int = 0, remember_keys: bool = False, compile_per_replica: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.key_encoder = key_encoder
@@ -288,6 +314,14 @@ class MomentumContrast(keras.Model):
         self.accuracy_without_fn_tracker = keras.metrics.Mean(name="acc_without_fn")
         self.masked_tracker = keras.metrics.Mean(name="masked")
         self.spread_tracker = keras.metrics.Mean(name="key_spread")  # collapse watch
+        # The per-replica computation, XLA-compiled on request (docs/design.md "XLA"): it holds
+        # no cross-replica op, which MirroredStrategy cannot run inside a compiled function.
+        self.compiles_per_replica = compile_per_replica
+        per_replica = (lambda f: tf.function(f, jit_compile=True)) if compile_per_replica else (
+            lambda f: f)
+        self._ema_update = per_replica(self.update_key_encoder)
+        self._key_forward = per_replica(self._key_embeddings)
+        self._query_step = per_replica(self._query_loss_and_gradients)
         self.built = True  # both encoders are built functional models; no symbolic build needed
 
     @property
@@ -328,8 +362,7 @@ class MomentumContrast(keras.Model):
         shuffles as an uninterrupted one.
         """
         if self.key_bn_splits == 1:
-            keys = self.key_encoder(images, training=True)["embedding"]
-            return tf.stop_gradient(tf.cast(keys, tf.float32))
+            return tf.stop_gradient(self._key_forward(images))
         replica = tf.distribute.get_replica_context()
         several = replica.num_replicas_in_sync > 1
         # tf.identity places the input on this replica's device: an all_gather of the input
@@ -340,13 +373,29 @@ class MomentumContrast(keras.Model):
         order = tf.argsort(tf.random.stateless_uniform([tf.shape(everything)[0]], seed))
         local = tf.shape(images)[0]
         first = tf.cast(replica.replica_id_in_sync_group, tf.int32) * local
-        shuffled = self.key_encoder(tf.gather(everything, order[first:first + local]),
-                                    training=True)["embedding"]
-        shuffled = tf.cast(shuffled, tf.float32)
+        shuffled = self._key_forward(tf.gather(everything, order[first:first + local]))
         if several:
             shuffled = replica.all_gather(shuffled, axis=0)
         keys = tf.gather(shuffled, tf.math.invert_permutation(order))[first:first + local]
         return tf.stop_gradient(keys)
+
+    def _key_embeddings(self, images: tf.Tensor) -> tf.Tensor:
+        """The key encoder's float32 embeddings, BN in training mode (replica-local)."""
+        return tf.cast(self.key_encoder(images, training=True)["embedding"], tf.float32)
+
+    def _query_loss_and_gradients(self, view_q: tf.Tensor, keys: tf.Tensor,
+                                  queue_keys: tf.Tensor, fn_mask: tf.Tensor):
+        """(gradients of the query encoder's weights, this replica's mean loss, logits)."""
+        variables = self.encoder.trainable_variables
+        with tf.GradientTape() as tape:
+            query = tf.cast(self.encoder(view_q, training=True)["embedding"], tf.float32)
+            logits = losses.contrastive_logits(query, keys, queue_keys, self.temperature)
+            loss = tf.reduce_mean(losses.ifnd_loss(logits, fn_mask, self.fn_strategy))
+            total = loss + losses.weight_decay_loss(variables, self.weight_decay)
+            # Gradients are summed over replicas: scale so the step matches one big batch.
+            scaled = self.optimizer.scale_loss(
+                total / self.distribute_strategy.num_replicas_in_sync)
+        return tape.gradient(scaled, variables), loss, logits
 
     def set_pseudo_labels(self, labels) -> None:
         """Replace the table [levels, num_examples] (-1 = no accepted label) the loss masks with."""
@@ -392,20 +441,14 @@ class MomentumContrast(keras.Model):
     def train_step(self, data):
         index, view_q, view_k = data
         replica = tf.distribute.get_replica_context()
-        self.update_key_encoder()
+        self._ema_update()
         keys = self.momentum_keys(view_k, self.optimizer.iterations)
         fn_mask = losses.false_negative_mask(tf.gather(self.pseudo_labels, index, axis=1),
                                              self.queue_labels(), self.fn_min_levels)
-        variables = self.encoder.trainable_variables
-        with tf.GradientTape() as tape:
-            query = tf.cast(self.encoder(view_q, training=True)["embedding"], tf.float32)
-            logits = losses.contrastive_logits(query, keys, self.queue_keys, self.temperature)
-            loss = tf.reduce_mean(losses.ifnd_loss(logits, fn_mask, self.fn_strategy))
-            total = loss + losses.weight_decay_loss(variables, self.weight_decay)
-            # Gradients are summed over replicas: scale so the step matches one big batch.
-            scaled = self.optimizer.scale_loss(total / replica.num_replicas_in_sync)
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        grads, loss, logits = self._query_step(view_q, keys, tf.convert_to_tensor(self.queue_keys),
+                                               fn_mask)
+        average_local_batch_norm([self.encoder, self.key_encoder])
+        self.optimizer.apply_gradients(zip(grads, self.encoder.trainable_variables))
         # int32: an int64 all_gather fails under MultiWorkerMirroredStrategy.
         ids = replica.all_gather(tf.cast(index, tf.int32), axis=0)
         all_keys = replica.all_gather(keys, axis=0)

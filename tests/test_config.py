@@ -32,6 +32,20 @@ def test_defaults_are_valid_and_batch_must_split_over_replicas():
         config.validate_flags(num_replicas=2)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"deterministic": True}, "--jit_compile=on needs --deterministic=false"),
+    ({"deterministic": False}, "--jit_compile=on with 2 replicas needs --sync_bn=false: SyncBN"),
+    ({"deterministic": False, "sync_bn": False, "strategy": "multi_worker"},
+     "with --strategy=mirrored only, got --strategy=multi_worker"),
+])
+def test_xla_that_cannot_compile_is_refused(overrides, message):
+    with flagsaver.flagsaver(jit_compile="on", **overrides), \
+            pytest.raises(config.ConfigError, match=message):
+        config.validate_flags(num_replicas=2)
+    with flagsaver.flagsaver(jit_compile="on", deterministic=False, sync_bn=False):
+        config.validate_flags(num_replicas=2)  # per-replica XLA on two mirrored replicas
+
+
 def test_k_larger_than_dataset_is_rejected_before_training():
     with flagsaver.flagsaver(num_clusters=["10", "5000"], batch_size=64):
         with pytest.raises(config.ConfigError, match="--num_clusters: k=\\[5000\\] larger than the dataset"):

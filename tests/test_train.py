@@ -21,7 +21,7 @@ from conftest import (
     write_image_folder,
 )
 
-from ifnd_tf import preemption
+from ifnd_tf import builder, preemption
 
 pytestmark = pytest.mark.e2e
 
@@ -257,21 +257,44 @@ def test_plain_moco_baseline_masks_nothing(tmp_path):
     assert "masked: 0.0000e+00" in result.stdout.splitlines()[-1]
 
 
-def test_attraction_bfloat16_and_xla_run_and_really_compile(tmp_path):
-    """XLA proven by its own dump of the compiled modules, not by an accepted flag."""
+def _xla_run(tmp_path, *extra):
+    """A 2-epoch --jit_compile=on run with XLA dumping what it compiles: (the finished process,
+    {name of a compiled function: how many modules XLA compiled for it})."""
     dump = tmp_path / "xla_dump"
     command = [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
-               f"--model_dir={tmp_path / 'run'}", "--fn_strategy=attraction",
-               "--mixed_precision=bfloat16", "--jit_compile=on", "--deterministic=false",
-               "--epochs=2", "--export=false"]
+               f"--model_dir={tmp_path / 'run'}", "--jit_compile=on", "--deterministic=false",
+               "--epochs=2", "--export=false", *extra]
     result = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True,
                             timeout=600, env={**os.environ, "XLA_FLAGS": f"--xla_dump_to={dump}"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "train step: XLA-compiled" in result.stdout
+    modules = {name.split(".")[1] for name in os.listdir(dump)}  # module_0007.<name>_<id>__.…
+    counts = {}
+    for module in modules:
+        function = module.rstrip("_").rsplit("_", 1)[0].removeprefix("a_inference_")
+        counts[function] = counts.get(function, 0) + 1
+    return result, counts
+
+
+def test_attraction_bfloat16_and_xla_run_and_really_compile(tmp_path):
+    """XLA proven by its own dump of the compiled modules, not by an accepted flag."""
+    result, compiled = _xla_run(tmp_path, "--fn_strategy=attraction", "--mixed_precision=bfloat16")
+    assert "train step: XLA-compiled (the whole step, one replica)" in result.stdout
     assert any("multi_step_on_iterator" in name or "one_step_on_data" in name
-               for name in os.listdir(dump)), sorted(os.listdir(dump))[:10]
+               for name in compiled), sorted(compiled)
     last = result.stdout.splitlines()[-1]
     assert "alpha: 1.0000" in last and "masked: 0.0000e+00" not in last
+
+
+def test_two_replica_xla_compiles_each_replica_s_forward_and_backward(tmp_path):
+    """Two logical CPUs: XLA compiles the EMA update, the key forward and the query
+    forward/backward once per replica (its dump); the cross-replica ops stay outside."""
+    result, compiled = _xla_run(tmp_path, "--cpu_replicas=2", "--sync_bn=false")
+    assert builder.PER_REPLICA_COMPILED in result.stdout.splitlines()
+    for function in ("update_key_encoder", "_key_embeddings", "_query_loss_and_gradients"):
+        assert compiled.get(function) == 2, sorted(compiled)  # one module per replica device
+    assert not any("step_on" in name for name in compiled)  # Keras' whole step is not compiled
+    assert "IFND epoch 2: alpha=1" in result.stdout
+    assert "masked: 0.0000e+00" not in result.stdout.splitlines()[-1]
 
 
 def _copy_run(smoke_run, tmp_path):
@@ -398,7 +421,7 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_latest(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--jit_compile=on"], "--jit_compile=on needs --deterministic=false"),
     (["--jit_compile=on", "--deterministic=false", "--cpu_replicas=2"],
-     "--jit_compile=on needs one replica, got 2"),
+     "--jit_compile=on with 2 replicas needs --sync_bn=false"),
 ])
 
 
