@@ -507,18 +507,18 @@ def embedding_pipeline(source: Source, batch_size: int, image_size: int,
                                                     decode(raw)), num_parallel_calls=AUTOTUNE)
         ds = ds.batch(batch_size)
     else:
-        positions = tf.data.Dataset.range(shard, padded, shards).map(lambda p: p % count)
-        if indices is None:
-            pairs = positions.map(lambda p: (p, p))
-        else:
-            chosen = tf.constant(np.asarray(indices, np.int64))
-            pairs = positions.map(lambda p: (p, tf.gather(chosen, p)))
+        chosen = None if indices is None else tf.constant(np.asarray(indices, np.int64))
+
+        def read_centered(position):  # one position or a batch of them
+            position = position % count
+            index = position if chosen is None else tf.gather(chosen, position)
+            return center(position, source.read(index))
+
+        positions = tf.data.Dataset.range(shard, padded, shards)
         if source.in_memory:  # equal-size images: read and convert whole batches, far fewer ops
-            ds = pairs.batch(batch_size).map(lambda p, i: center(p, source.read(i)),
-                                             num_parallel_calls=AUTOTUNE)
+            ds = positions.batch(batch_size).map(read_centered, num_parallel_calls=AUTOTUNE)
         else:
-            ds = pairs.map(lambda p, i: center(p, source.read(i)),
-                           num_parallel_calls=AUTOTUNE).batch(batch_size)
+            ds = positions.map(read_centered, num_parallel_calls=AUTOTUNE).batch(batch_size)
     # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (bench/README.md,
     # "5. Fixes"). Untuned, map runs one call per core and 2 batches wait ready.
     options = tf.data.Options()
