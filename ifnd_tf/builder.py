@@ -87,8 +87,7 @@ def train_input(cfg: RunConfig, source: data.Source, strategy: tf.distribute.Str
     augmenting only its share of every global batch (data.train_pipeline)."""
     def worker_stream(context: tf.distribute.InputContext) -> tf.data.Dataset:
         if context.num_input_pipelines > 1:
-            share = cfg.batch_size // context.num_input_pipelines
-            first = context.input_pipeline_id * share
+            first, share = data.worker_rows(cfg.batch_size, context)
             print(f"training input: worker {context.input_pipeline_id + 1} of "
                   f"{context.num_input_pipelines} reads examples {first}-{first + share - 1} "
                   f"of every global batch of {cfg.batch_size}", flush=True)

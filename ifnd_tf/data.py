@@ -348,6 +348,15 @@ def load_source(dataset: str, split: str = "train", data_dir: str | None = None,
     return _tfds(dataset, split, data_dir, download, cache_dir)
 
 
+def worker_rows(batch_size: int, context: tf.distribute.InputContext) -> tuple[int, int]:
+    """(first row, number of rows) of every global batch that this input pipeline reads: its
+    local replicas' consecutive per-replica slices."""
+    per_replica = context.get_per_replica_batch_size(batch_size)
+    local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+    share = local_replicas * per_replica
+    return context.input_pipeline_id * share, share
+
+
 def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
                    start_step: int = 0, num_steps: int | None = None,
                    input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
@@ -371,9 +380,7 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     """
     context = input_context or tf.distribute.InputContext()
     per_replica = context.get_per_replica_batch_size(batch_size)
-    local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
-    first_row = context.input_pipeline_id * local_replicas * per_replica
-    share = local_replicas * per_replica  # rows of each global batch this pipeline reads
+    first_row, share = worker_rows(batch_size, context)
     batches_per_pass = source.num_examples // batch_size
     first_pass, skip_batches = divmod(start_step, batches_per_pass)
 
@@ -450,7 +457,7 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
         ds = ds.map(two_views, num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.batch(share, drop_remainder=True)
     ds = ds.map(photometric, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if local_replicas > 1:  # consecutive per-replica batches go to the local replicas in turn
+    if share > per_replica:  # consecutive per-replica batches go to the local replicas in turn
         ds = ds.rebatch(per_replica, drop_remainder=True)
     # Global batches handed to a multi-worker fit as they are (train.py passes the context
     # instead): each worker keeps its share of the same stream, after reading all of it.

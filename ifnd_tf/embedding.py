@@ -68,8 +68,9 @@ class DatasetEmbedder:
         for index, images in self.dataset:
             self.embedded_here += int(index.shape[0])
             index, values = self._embed_batch(*self._replica_shares(index, images))
-            result[index.numpy()] = values.numpy()
-            seen[index.numpy()] = True
+            placed = index.numpy()
+            result[placed] = values.numpy()
+            seen[placed] = True
         if not seen.all():
             raise RuntimeError(f"embedding pass covered {seen.sum()} of {num_examples} examples")
         if self.worker.num_input_pipelines > 1:
