@@ -38,7 +38,8 @@ def _libraries_while_running(env: dict) -> tuple[set[str], str]:
 
 def _clean_env(**values) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", runtime.SWITCH, runtime.LIBRARY_OVERRIDE, runtime._REEXECUTED)}
+           if k not in ("LD_PRELOAD", runtime.SWITCH, runtime.LIBRARY_OVERRIDE, runtime._REEXECUTED,
+                        runtime.ONEDNN_SWITCH)}
     return {**env, **values}
 
 
@@ -69,3 +70,18 @@ def test_importing_the_package_changes_no_environment():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, env=_clean_env(), check=True)
     assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+# TensorFlow's own answer to "are the oneDNN kernels on in this process" (private, test only).
+ONEDNN_ON = ("from ifnd_tf import runtime; runtime.prepare(); "
+             "from tensorflow.python.util import _pywrap_util_port as port; "
+             "print(port.IsMklEnabled())")
+
+
+@pytest.mark.parametrize("user_setting, expected", [(None, "True"), ("0", "False")])
+def test_entry_points_turn_onednn_on_unless_the_user_said_no(user_setting, expected):
+    env = _clean_env(IFND_FAST_ALLOCATOR="0",
+                     **({} if user_setting is None else {runtime.ONEDNN_SWITCH: user_setting}))
+    result = subprocess.run([sys.executable, "-c", ONEDNN_ON], cwd=ROOT, capture_output=True,
+                            text=True, env=env, check=True)
+    assert result.stdout.strip().splitlines()[-1] == expected
