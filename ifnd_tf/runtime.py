@@ -10,8 +10,8 @@ Importing `ifnd_tf` changes nothing; only the entry points (and the test suite) 
 
 TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512/AMX-class features;
 on an AVX2-only CPU it runs Eigen's, whose convolution input gradient took up to 6x the forward
-time on small maps with many channels. With oneDNN on, the small-net step ran 1.25x and the
-CIFAR ResNet-18 step 1.3x faster there (docs/design.md, "oneDNN on AVX2").
+time on small maps with many channels. With oneDNN on, the small-net step ran 1.2x faster there
+and the CIFAR ResNet-18 step went from 0.84x to 1.1x PyTorch's speed (docs/design.md, "oneDNN on AVX2").
 
     IFND_FAST_ALLOCATOR=0   run on the system allocator (no re-exec, no notice)
     IFND_TCMALLOC=/path     use this tcmalloc instead of Debian's libtcmalloc-minimal4
