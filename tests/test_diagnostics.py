@@ -42,6 +42,18 @@ def test_vote_over_levels_matches_brute_force(seed, min_levels):
     assert q.recall == pytest.approx(correct / true_pairs)
 
 
+@pytest.mark.parametrize("scale", [1, 2**21])  # 2**21: the 4 levels + truth overflow one
+def test_large_label_values_count_the_same(scale):  # int64 code, rows are compared instead
+    rng = np.random.default_rng(7)
+    pseudo = rng.choice([-1, 0, 1, 2], p=[0.1, 0.4, 0.4, 0.1], size=(4, 40))
+    truth = rng.integers(0, 3, size=40)
+    detected, correct, true_pairs = _brute_force(pseudo, truth, 2)
+    big = np.where(pseudo >= 0, pseudo * scale, -1)
+    q = diagnostics.false_negative_quality(big, truth * scale, 2)
+    assert (q.detected_pairs, q.true_pairs) == (detected, true_pairs)
+    assert q.precision == pytest.approx(correct / detected)
+
+
 def test_nothing_accepted_gives_zero_not_nan():
     q = diagnostics.false_negative_quality(np.full((2, 6), -1), np.zeros(6, int))
     assert (q.precision, q.recall, q.detected_pairs) == (0.0, 0.0, 0)
