@@ -1,5 +1,5 @@
 """What a process running ifnd_tf sets up before TensorFlow loads: a fast allocator, oneDNN
-kernels on every x86 CPU, quiet logs.
+kernels on every x86-64 CPU, quiet logs.
 
 glibc's malloc hands TensorFlow's large per-step buffers back to the kernel and faults them in
 again every step; on a 2-core AVX2 machine that was 38 % of the demo's CPU time, and preloading
@@ -11,7 +11,8 @@ Importing `ifnd_tf` changes nothing; only the entry points (and the test suite) 
 TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512/AMX-class features;
 on an AVX2-only CPU it runs Eigen's, whose convolution input gradient took up to 6x the forward
 time on small maps with many channels. With oneDNN on, the small-net step ran 1.2x faster there
-and the CIFAR ResNet-18 step went from 0.84x to 1.1x PyTorch's speed (docs/design.md, "oneDNN on AVX2").
+and the CIFAR ResNet-18 step went from 0.84x to 1.1x PyTorch's speed (docs/design.md, "oneDNN
+on AVX2"). Set on x86-64 only: elsewhere TensorFlow's own default stands.
 
     IFND_FAST_ALLOCATOR=0   run on the system allocator (no re-exec, no notice)
     IFND_TCMALLOC=/path     use this tcmalloc instead of Debian's libtcmalloc-minimal4
@@ -19,6 +20,7 @@ and the CIFAR ResNet-18 step went from 0.84x to 1.1x PyTorch's speed (docs/desig
 """
 import glob
 import os
+import platform
 import sys
 from collections.abc import Callable
 
@@ -81,5 +83,6 @@ def prepare(before_exec: Callable[[], None] | None = None) -> None:
     """Entry points call this before importing TensorFlow: fast allocator, oneDNN, C++ info
     logs off."""
     use_fast_allocator(before_exec)
-    os.environ.setdefault(ONEDNN_SWITCH, "1")
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault(ONEDNN_SWITCH, "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

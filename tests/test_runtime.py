@@ -1,5 +1,6 @@
 """The fast allocator: every entry point runs on tcmalloc when it is installed (ifnd_tf/runtime.py)."""
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -78,6 +79,8 @@ ONEDNN_ON = ("from ifnd_tf import runtime; runtime.prepare(); "
              "print(port.IsMklEnabled())")
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="oneDNN is switched on on x86-64 only")
 @pytest.mark.parametrize("user_setting, expected", [(None, "True"), ("0", "False")])
 def test_entry_points_turn_onednn_on_unless_the_user_said_no(user_setting, expected):
     env = _clean_env(IFND_FAST_ALLOCATOR="0",
