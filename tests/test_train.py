@@ -21,7 +21,7 @@ from conftest import (
     write_image_folder,
 )
 
-from ifnd_tf import builder, preemption
+from ifnd_tf import builder, preemption, run_directory
 
 pytestmark = pytest.mark.e2e
 
@@ -152,8 +152,11 @@ def test_sigkill_mid_epoch_then_rerun_continues_exactly(tmp_path, uninterrupted)
     # SIGKILL right after the first epoch's checkpoint: into epoch 2 (or its clustering pass).
     process = _interrupt(killed, "ckpt-40.index", signal.SIGKILL)
     assert process.returncode == -signal.SIGKILL
-    latest = tf.train.latest_checkpoint(str(killed / "checkpoints"))
-    assert latest.endswith(("ckpt-40", "ckpt-80")), latest  # died before the run finished
+    # The newest checkpoint on disk, as the rerun scans for it: the kill can land after a
+    # checkpoint's files and before TF's state file names it (tf.train.latest_checkpoint: None).
+    newest = max(run_directory.checkpoint_numbers(str(killed / "checkpoints")))
+    assert newest in (40, 80), newest  # died before the run finished
+    latest = str(killed / "checkpoints" / f"ckpt-{newest}")
 
     resumed = _train(killed, *LONGER)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
