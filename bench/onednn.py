@@ -21,8 +21,7 @@ import subprocess
 import sys
 import time
 
-# backbone -> (image size, width multiplier, batch, steps per round), as bench/step.py
-SETUPS = {"small": (28, 0.5, 256, 10), "resnet18_cifar": (32, 1.0, 64, 2)}
+STEPS = {"small": 10, "resnet18_cifar": 2}  # steps per timed round, by bench.step's SETUPS
 CHILD_ROUNDS = 4  # timed rounds per child after a warm-up; the median is its number
 
 
@@ -31,13 +30,15 @@ def child(backbone: str, threads: int) -> None:
     import tensorflow as tf
 
     from bench import common
+    from bench.step import KS, SETUPS
 
     common.set_threads(threads)
-    size, width, batch, steps = SETUPS[backbone]
+    size, width, batch = SETUPS[backbone]
+    steps = STEPS[backbone]
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     moco = common.build_moco(common.model_config(backbone, size, batch, width), False, strategy,
                              common.NUM_EXAMPLES)
-    common.fill_pseudo_labels(moco, (10, 20, 50))
+    common.fill_pseudo_labels(moco, KS)
     run = common.step_runner(moco, common.random_batch(batch, size, common.NUM_EXAMPLES),
                              strategy)
     run(2)
@@ -59,7 +60,7 @@ def measure(backbone: str, threads: int, onednn: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="small", choices=sorted(SETUPS))
+    parser.add_argument("--backbone", default="small", choices=sorted(STEPS))
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="onednn")
@@ -75,7 +76,7 @@ def main() -> None:
             images[setting].append(measure(args.backbone, args.threads, setting))
             print(f"pair {pair + 1}, oneDNN {'on' if setting == '1' else 'off'}: "
                   f"{images[setting][-1]:.0f} img/s", flush=True)
-    ratio = statistics.median(on / off for on, off in zip(images["1"], images["0"]))
+    ratio = common.median_ratio(images["1"], images["0"])
     common.print_table(f"IFND train step, {args.backbone}, oneDNN off vs on, {args.pairs} "
                        f"alternating pairs of processes ({args.threads} threads)",
                        ["oneDNN", "images/s (median)", "speed-up on/off (paired median)"],

@@ -29,6 +29,7 @@ LIBRARY_OVERRIDE = "IFND_TCMALLOC"
 LIBRARY_GLOB = "/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4"  # Debian: libtcmalloc-minimal4
 INSTALL_HINT = "apt-get install libtcmalloc-minimal4"
 ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"
+ONEDNN_MACHINES = ("x86_64", "amd64")  # platform.machine(), lower case: where it is switched on
 _REEXECUTED = "_IFND_TCMALLOC_REEXECUTED"  # set in the child: never loop if the preload failed
 
 
@@ -83,6 +84,6 @@ def prepare(before_exec: Callable[[], None] | None = None) -> None:
     """Entry points call this before importing TensorFlow: fast allocator, oneDNN, C++ info
     logs off."""
     use_fast_allocator(before_exec)
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    if platform.machine().lower() in ONEDNN_MACHINES:
         os.environ.setdefault(ONEDNN_SWITCH, "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

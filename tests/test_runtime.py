@@ -79,7 +79,7 @@ ONEDNN_ON = ("from ifnd_tf import runtime; runtime.prepare(); "
              "print(port.IsMklEnabled())")
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+@pytest.mark.skipif(platform.machine().lower() not in runtime.ONEDNN_MACHINES,
                     reason="oneDNN is switched on on x86-64 only")
 @pytest.mark.parametrize("user_setting, expected", [(None, "True"), ("0", "False")])
 def test_entry_points_turn_onednn_on_unless_the_user_said_no(user_setting, expected):
