@@ -84,17 +84,20 @@ def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
 def train_input(cfg: RunConfig, source: data.Source, strategy: tf.distribute.Strategy,
                 phase: preemption.Phase) -> tf.distribute.DistributedDataset:
     """The phase's stream (a function of seed and step), each worker reading, decoding and
-    augmenting only its share of every global batch (data.train_pipeline)."""
+    augmenting only its share of every global batch (data.train_pipeline). On CPUs, one
+    untuned pipeline per replica (distribute.host_input_options)."""
+    options = distribute.host_input_options(strategy)
+
     def worker_stream(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        if context.num_input_pipelines > 1:
+        if options is None and context.num_input_pipelines > 1:
             first, share = data.worker_rows(cfg.batch_size, context)
             print(f"training input: worker {context.input_pipeline_id + 1} of "
                   f"{context.num_input_pipelines} reads examples {first}-{first + share - 1} "
                   f"of every global batch of {cfg.batch_size}", flush=True)
         return data.train_pipeline(source, cfg.batch_size, cfg.image_size, cfg.seed,
                                    start_step=phase.start_step, num_steps=phase.num_steps,
-                                   input_context=context)
-    return strategy.distribute_datasets_from_function(worker_stream)
+                                   input_context=context, autotune=options is None)
+    return strategy.distribute_datasets_from_function(worker_stream, options)
 
 
 def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.Source,

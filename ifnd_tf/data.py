@@ -359,7 +359,8 @@ def worker_rows(batch_size: int, context: tf.distribute.InputContext) -> tuple[i
 
 def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
                    start_step: int = 0, num_steps: int | None = None,
-                   input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                   input_context: tf.distribute.InputContext | None = None,
+                   autotune: bool = True) -> tf.data.Dataset:
     """Batches of (index, view_q, view_k): two independent MoCo v2 augmentations.
 
     The stream is a function of (seed, step) only: pass p over the data visits the examples in
@@ -377,6 +378,10 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     augments only those (a stream's encoded records are all read, only the share decoded).
     Without it: whole global batches. The views are the same either way (docs/design.md,
     "Per-worker input").
+
+    `autotune=False` turns tf.data's autotuning off (maps run one call per core, 2 batches wait
+    ready): its optimisation thread kept this iterator's destructor waiting up to ~35 s at the
+    end of `fit` (docs/design.md, "Epoch boundary").
     """
     context = input_context or tf.distribute.InputContext()
     per_replica = context.get_per_replica_batch_size(batch_size)
@@ -463,7 +468,8 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     # instead): each worker keeps its share of the same stream, after reading all of it.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    options.autotune.enabled = autotune
+    return ds.with_options(options).prefetch(AUTOTUNE if autotune else 2)
 
 
 def fixed_subset(num_examples: int, size: int, seed: int) -> np.ndarray | None:

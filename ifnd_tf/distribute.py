@@ -40,6 +40,20 @@ def make_strategy(cpu_replicas: int = 1, kind: str = "mirrored",
     return tf.distribute.MirroredStrategy(devices)
 
 
+def host_input_options(strategy: tf.distribute.Strategy) -> tf.distribute.InputOptions | None:
+    """For a MirroredStrategy on this machine's CPUs: one plain input pipeline per replica
+    (PER_REPLICA, nothing fetched to a device) instead of TF's MultiDeviceIterator, whose
+    per-device datasets autotune in a thread that kept the end of `fit` waiting up to ~35 s
+    (docs/design.md, "Epoch boundary"). None elsewhere: GPUs keep the prefetch to the device."""
+    if not isinstance(strategy, tf.distribute.MirroredStrategy):
+        return None
+    if not all("CPU" in device.upper() for device in strategy.extended.worker_devices):
+        return None
+    return tf.distribute.InputOptions(
+        experimental_fetch_to_device=False,
+        experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """The chief (or worker 0 when the cluster has no chief) owns --model_dir."""
     resolver = getattr(strategy, "cluster_resolver", None)

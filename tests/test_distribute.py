@@ -36,6 +36,7 @@ def test_single_machine_strategies(one_replica):
     assert distribute.is_chief(one_replica)
     assert distribute.worker_dir("/runs/x", one_replica) == "/runs/x"
     assert isinstance(distribute.make_strategy(kind="one_device"), tf.distribute.OneDeviceStrategy)
+    assert distribute.host_input_options(tf.distribute.OneDeviceStrategy("/cpu:0")) is None
 
 
 @pytest.mark.e2e
