@@ -1,9 +1,14 @@
-"""Seconds spent dropping the embedding pass's iterator: autotuning on / off, plain / distributed.
+"""Seconds spent dropping an input iterator.
 
-    python -m bench.iterator_drop {on,off} {distributed,plain}
+    python -m bench.iterator_drop {on,off} {distributed,plain}   # the embedding pass's
+    python -m bench.iterator_drop training [--rounds=4]          # the training input's
 
-The measurement behind bench/README.md, "5. Fixes" (item 2): why `DatasetEmbedder` iterates
-the dataset plainly and `data.embedding_pipeline` turns autotuning off.
+The first is the measurement behind bench/README.md, "5. Fixes" (item 2): why `DatasetEmbedder`
+iterates the dataset plainly and `data.embedding_pipeline` turns autotuning off. The second
+drops the demo's training input after ~30 s of use (one batch per 0.2 s, as a step would take
+them), alternating `builder.train_input` (one untuned pipeline per CPU replica) with TF's
+default for the same pipeline (autotuned, through a MultiDeviceIterator): the wait behind
+docs/design.md, "Epoch boundary".
 """
 if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
     from ifnd_tf import runtime
@@ -15,7 +20,8 @@ import time
 
 import tensorflow as tf
 
-from ifnd_tf import data, model
+from bench import common
+from ifnd_tf import builder, data, model, preemption
 
 
 def main(autotune: bool, distributed: bool) -> list[float]:
@@ -42,7 +48,37 @@ def main(autotune: bool, distributed: bool) -> list[float]:
     return drops
 
 
+def training_drop(rounds: int, batches: int = 150, pause: float = 0.2) -> dict[str, list[float]]:
+    """Seconds to drop the training input's iterator after `batches` batches, per variant."""
+    cfg = common.model_config("small", 28, 256, 0.5)
+    source = data.load_source("fashion_mnist")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    phase = preemption.Phase(first_epoch=0, end_epoch=1, steps_per_epoch=batches, start_step=0)
+
+    def tf_default():
+        return strategy.distribute_datasets_from_function(
+            lambda context: data.train_pipeline(source, cfg.batch_size, cfg.image_size, cfg.seed,
+                                                num_steps=batches, input_context=context))
+
+    variants = {"ours": lambda: builder.train_input(cfg, source, strategy, phase),
+                "tf_default": tf_default}
+    drops = {name: [] for name in variants}
+    for r in range(rounds):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            iterator = iter(variants[name]())
+            for _ in iterator:
+                time.sleep(pause)
+            start = time.perf_counter()
+            del iterator
+            drops[name].append(round(time.perf_counter() - start, 2))
+    return drops
+
+
 if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "training":
+        rounds = int(sys.argv[2].split("=")[1]) if len(sys.argv) > 2 else 4
+        print(f"training input, drop seconds after 150 batches: {training_drop(rounds)}")
+        sys.exit(0)
     if len(sys.argv) != 3 or sys.argv[1] not in ("on", "off") or \
             sys.argv[2] not in ("distributed", "plain"):
         sys.exit("usage: python -m bench.iterator_drop {on,off} {distributed,plain}")
