@@ -15,6 +15,7 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
 
     runtime.prepare()
 
+import argparse
 import sys
 import time
 
@@ -66,7 +67,8 @@ def training_drop(rounds: int, batches: int = 150, pause: float = 0.2) -> dict[s
     for r in range(rounds):
         for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
             iterator = iter(variants[name]())
-            for _ in iterator:
+            for _ in range(batches):  # exactly the stream's batches, as fit takes them
+                next(iterator)
                 time.sleep(pause)
             start = time.perf_counter()
             del iterator
@@ -76,8 +78,10 @@ def training_drop(rounds: int, batches: int = 150, pause: float = 0.2) -> dict[s
 
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "training":
-        rounds = int(sys.argv[2].split("=")[1]) if len(sys.argv) > 2 else 4
-        print(f"training input, drop seconds after 150 batches: {training_drop(rounds)}")
+        parser = argparse.ArgumentParser(prog="python -m bench.iterator_drop training")
+        parser.add_argument("--rounds", type=int, default=4)
+        args = parser.parse_args(sys.argv[2:])
+        print(f"training input, drop seconds after 150 batches: {training_drop(args.rounds)}")
         sys.exit(0)
     if len(sys.argv) != 3 or sys.argv[1] not in ("on", "off") or \
             sys.argv[2] not in ("distributed", "plain"):

@@ -85,7 +85,9 @@ def train_input(cfg: RunConfig, source: data.Source, strategy: tf.distribute.Str
                 phase: preemption.Phase) -> tf.distribute.DistributedDataset:
     """The phase's stream (a function of seed and step), each worker reading, decoding and
     augmenting only its share of every global batch (data.train_pipeline). On CPUs, one
-    untuned pipeline per replica (distribute.host_input_options)."""
+    pipeline per replica (distribute.host_input_options), untuned: both remove a thread that
+    kept the end of fit waiting (docs/design.md, "Epoch boundary"). A streamed source is then
+    read (not decoded) once per replica."""
     options = distribute.host_input_options(strategy)
 
     def worker_stream(context: tf.distribute.InputContext) -> tf.data.Dataset:

@@ -44,10 +44,13 @@ def host_input_options(strategy: tf.distribute.Strategy) -> tf.distribute.InputO
     """For a MirroredStrategy on this machine's CPUs: one plain input pipeline per replica
     (PER_REPLICA, nothing fetched to a device) instead of TF's MultiDeviceIterator, whose
     per-device datasets autotune in a thread that kept the end of `fit` waiting up to ~35 s
-    (docs/design.md, "Epoch boundary"). None elsewhere: GPUs keep the prefetch to the device."""
+    (docs/design.md, "Epoch boundary"). None elsewhere: GPUs keep the prefetch to the device.
+    TF keeps these input workers on the strategy afterwards (MirroredStrategy's
+    `_input_workers_with_options`); a run builds no other distributed dataset on it."""
     if not isinstance(strategy, tf.distribute.MirroredStrategy):
         return None
-    if not all("CPU" in device.upper() for device in strategy.extended.worker_devices):
+    if any(tf.DeviceSpec.from_string(device).device_type != "CPU"
+           for device in strategy.extended.worker_devices):
         return None
     return tf.distribute.InputOptions(
         experimental_fetch_to_device=False,

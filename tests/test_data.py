@@ -369,3 +369,10 @@ def test_embedding_workers_read_a_padded_strided_share_in_equal_batches(kind, tm
         covered |= set(index.tolist())
     assert covered == set(range(count))
     assert all(s == sizes[0] for s in sizes) and sizes[0][0] == 2
+
+
+def test_untuned_pipeline_says_so_in_its_options():
+    source = data.load_source("digits")
+    assert data.train_pipeline(source, 8, 16, 0, num_steps=1).options().autotune.enabled
+    assert not data.train_pipeline(source, 8, 16, 0, num_steps=1,
+                                   autotune=False).options().autotune.enabled

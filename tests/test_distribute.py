@@ -37,6 +37,9 @@ def test_single_machine_strategies(one_replica):
     assert distribute.worker_dir("/runs/x", one_replica) == "/runs/x"
     assert isinstance(distribute.make_strategy(kind="one_device"), tf.distribute.OneDeviceStrategy)
     assert distribute.host_input_options(tf.distribute.OneDeviceStrategy("/cpu:0")) is None
+    options = distribute.host_input_options(one_replica)
+    assert options.experimental_replication_mode == tf.distribute.InputReplicationMode.PER_REPLICA
+    assert not options.experimental_fetch_to_device
 
 
 @pytest.mark.e2e
