@@ -14,6 +14,7 @@ from ifnd_tf import (
     collapse,
     data,
     distribute,
+    embedding,
     model,
     monitors,
     preemption,
@@ -124,32 +125,40 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
     pictures = os.path.join(run_dir, "diagnostics")
     writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "diagnostics"))
     worker = distribute.input_context(moco.distribute_strategy)  # each embeds 1/W, then gathers
+    train_views = data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size,
+                                          input_context=worker)
+    knn_on = bool(cfg.knn_every) and source.labels is not None
+    subset = data.fixed_subset(source.num_examples, cfg.knn_max_train, cfg.seed) if knn_on else None
+    query_pass = None  # one query-encoder pass for the kNN monitor and the query-view clustering
+    if cfg.ifnd and cfg.cluster_features == pseudo_labels.QUERY_VIEW and knn_on and subset is None:
+        query_pass = embedding.SharedPass(
+            embedding.DatasetEmbedder(moco.encoder, moco.distribute_strategy, train_views,
+                                      source.num_examples, output=("features", "embedding")),
+            lambda: moco.optimizer.iterations.numpy())
     if cfg.ifnd:
         result.append(pseudo_labels.PseudoLabelCallback(
-            data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size,
-                                    input_context=worker),
-            cfg.acceptance_schedule(), cfg.kmeans(), cfg.seed, cfg.cluster_features,
+            train_views, cfg.acceptance_schedule(), cfg.kmeans(), cfg.seed, cfg.cluster_features,
             true_labels=source.labels, log_dir=os.path.join(run_dir, "logs", "ifnd"),
             confidence_rule=cfg.fn_confidence, neighbours_k=cfg.fn_neighbours_k,
             oracle_fraction=cfg.fn_oracle_fraction if cfg.fn_oracle else None,
-            min_levels=cfg.fn_min_levels))
+            min_levels=cfg.fn_min_levels, query_pass=query_pass))
         result[-1].resumed_epoch = resumed_epoch  # its restored label table is kept
-    if cfg.knn_every and source.labels is not None:  # before the loggers: knn_top1 joins the logs
+    if knn_on:  # before the loggers: knn_top1 joins the logs
         try:
             test = data.load_source(cfg.dataset, "test", cfg.data_dir, cfg.download,
                                     cfg.verify_images, cfg.strict_data, cfg.model_dir)
         except data.DataError as e:
             raise data.DataError(
                 f"{e} (the kNN monitor needs it; --knn_every=0 turns it off)") from e
-        subset = data.fixed_subset(source.num_examples, cfg.knn_max_train, cfg.seed)
         result.append(monitors.KnnMonitor(
             moco.distribute_strategy,
-            data.embedding_pipeline(source, cfg.embed_batch_size, cfg.image_size, subset, worker),
+            train_views if subset is None else data.embedding_pipeline(
+                source, cfg.embed_batch_size, cfg.image_size, subset, worker),
             source.labels if subset is None else source.labels[subset],
             data.embedding_pipeline(test, cfg.embed_batch_size, cfg.image_size,
                                     input_context=worker),
             test.labels, source.num_classes, cfg.knn_every, cfg.knn_k, cfg.knn_temperature,
-            pictures, writer, cfg.seed))
+            pictures, writer, cfg.seed, train_pass=query_pass))
     metrics_csv = os.path.join(run_dir, "metrics.csv")
     result += [callbacks.LearningRateLogger(),
                keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),

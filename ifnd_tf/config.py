@@ -74,7 +74,9 @@ flags.DEFINE_enum("cluster_features", pseudo_labels.CENTER_VIEW,
                   list(pseudo_labels.CLUSTER_FEATURES),
                   "What k-means clusters: center_view = the key encoder over every un-augmented "
                   "image at each epoch start (the paper); train_keys = each example's key from "
-                  "its latest training step, no extra pass (docs/design.md).")
+                  "its latest training step, no extra pass; query_view = the query encoder over "
+                  "every un-augmented image, the pass the kNN monitor makes at the previous "
+                  "epoch's end, so one pass serves both (docs/design.md).")
 flags.DEFINE_enum("fn_confidence", "margin", list(confidence.RULES),
                   "Which samples' cluster labels are accepted first within a cluster: margin = "
                   "margin to the second centroid (the paper); agreement = cluster-mates shared "

@@ -1,8 +1,10 @@
 """Inference-mode encoder outputs over a whole dataset, placed by example index.
 
 Used by the pseudo-label pass (pseudo_labels.py), the kNN monitor (monitors.py) and the linear
-probe (linear_eval.py).
+probe (linear_eval.py). `SharedPass` lets two of them use one pass of the same encoder.
 """
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -24,14 +26,19 @@ class DatasetEmbedder:
     (docs/design.md, "Embedding pass").
     The encoder runs with its BatchNorm folded into the convolutions (model.FoldedEncoder,
     re-folded at every call): the same outputs to float rounding, fewer and fused kernels.
+    `output` names one encoder output (the call returns its table) or a tuple of them (the
+    call returns a dict of tables from one forward pass).
     """
 
     def __init__(self, encoder: keras.Model, strategy: tf.distribute.Strategy,
-                 dataset: tf.data.Dataset, num_examples: int, output: str = "embedding"):
+                 dataset: tf.data.Dataset, num_examples: int,
+                 output: str | tuple[str, ...] = "embedding"):
         self.strategy = strategy
         self.dataset = dataset
         self.num_examples = num_examples
-        self.dim = encoder.output[output].shape[-1]
+        self.single = isinstance(output, str)
+        outputs = (output,) if self.single else tuple(output)
+        self.dims = {name: encoder.output[name].shape[-1] for name in outputs}
         self.worker = distribute.input_context(strategy)
         self.embedded_here = 0  # examples this worker embedded in the last pass
         with strategy.scope():
@@ -42,9 +49,11 @@ class DatasetEmbedder:
         @tf.function(reduce_retracing=True)
         def embed_batch(index, images):
             def on_replica(index, images):  # int32: int64 gathers fail across workers
-                return tf.cast(index, tf.int32), folded(images)[output]
+                values = folded(images)
+                return tf.cast(index, tf.int32), tuple(values[name] for name in outputs)
             index, values = strategy.run(on_replica, args=(index, images))
-            return strategy.gather(index, axis=0), strategy.gather(values, axis=0)
+            return (strategy.gather(index, axis=0),
+                    tuple(strategy.gather(v, axis=0) for v in values))
 
         self._embed_batch = embed_batch
 
@@ -59,17 +68,19 @@ class DatasetEmbedder:
                 return index[first::local], images[first::local]
         return self.strategy.experimental_distribute_values_from_function(share)
 
-    def __call__(self) -> np.ndarray:
+    def __call__(self) -> np.ndarray | dict[str, np.ndarray]:
         num_examples = self.num_examples
         self.folded.refresh()  # training moved the weights since the last pass
-        result = np.zeros((num_examples, self.dim), np.float32)
+        result = {name: np.zeros((num_examples, dim), np.float32)
+                  for name, dim in self.dims.items()}
         seen = np.zeros(num_examples, bool)
         self.embedded_here = 0
         for index, images in self.dataset:
             self.embedded_here += int(index.shape[0])
             index, values = self._embed_batch(*self._replica_shares(index, images))
             placed = index.numpy()
-            result[placed] = values.numpy()
+            for table, batch in zip(result.values(), values):
+                table[placed] = batch.numpy()
             seen[placed] = True
         if not seen.all():
             raise RuntimeError(f"embedding pass covered {seen.sum()} of {num_examples} examples")
@@ -77,4 +88,30 @@ class DatasetEmbedder:
             print(f"embedding pass: worker {self.worker.input_pipeline_id + 1} of "
                   f"{self.worker.num_input_pipelines} embedded {self.embedded_here} of "
                   f"{num_examples} examples, gathered the rest", flush=True)
-        return result
+        return next(iter(result.values())) if self.single else result
+
+
+class SharedPass:
+    """A DatasetEmbedder's tables, re-embedded only when the model has trained since the last
+    call (`step()`, e.g. the optimizer's iterations, changed).
+
+    The kNN monitor (query backbone features, at an epoch's end) and the query-view clustering
+    (query embeddings, at the next epoch's start) ask for one encoder over the same images at
+    the same step: with one SharedPass they share one forward pass (docs/design.md, "Shared
+    pass"). `reused` says whether the last call was served from the previous pass.
+    """
+
+    def __init__(self, embedder: DatasetEmbedder, step: Callable[[], int]):
+        assert not embedder.single, "a shared pass returns named tables"
+        self.embedder = embedder
+        self.step = step
+        self.reused = False
+        self._step: int | None = None
+        self._tables: dict[str, np.ndarray] = {}
+
+    def __call__(self) -> dict[str, np.ndarray]:
+        step = int(self.step())
+        self.reused = step == self._step
+        if not self.reused:
+            self._tables, self._step = self.embedder(), step
+        return self._tables

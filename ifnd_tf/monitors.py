@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from ifnd_tf import callbacks, knn, plots
-from ifnd_tf.embedding import DatasetEmbedder
+from ifnd_tf.embedding import DatasetEmbedder, SharedPass
 
 PCA_POINTS = 2000  # test examples drawn in the PCA picture: enough to see classes, still legible
 
@@ -37,16 +37,20 @@ class KnnMonitor(keras.callbacks.Callback):
 
     At the first epoch, every `every` epochs and at the last one: adds `knn_top1` to the epoch
     logs (progress line, TensorBoard, metrics.csv; place it before those callbacks) and draws
-    the PCA picture of the test features, coloured by true class.
+    the PCA picture of the test features, coloured by true class. Given `train_pass` (a
+    SharedPass of the query encoder over `train_data` with a "features" table), the train
+    split's features come from it, so the query-view clustering reuses the pass.
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, train_data: tf.data.Dataset,
                  train_labels: np.ndarray, test_data: tf.data.Dataset, test_labels: np.ndarray,
                  num_classes: int, every: int, k: int = 200, temperature: float = 0.1,
                  picture_dir: str | None = None,
-                 writer: tf.summary.SummaryWriter | None = None, seed: int = 0):
+                 writer: tf.summary.SummaryWriter | None = None, seed: int = 0,
+                 train_pass: SharedPass | None = None):
         super().__init__()
         self.strategy = strategy
+        self.train_pass = train_pass
         self.data = {"train": train_data, "test": test_data}
         self.labels = {"train": np.asarray(train_labels), "test": np.asarray(test_labels)}
         self.num_classes = num_classes
@@ -68,8 +72,11 @@ class KnnMonitor(keras.callbacks.Callback):
         if not self.embedders:  # built once the model is known; reused every time
             self.embedders = {split: DatasetEmbedder(
                 self.model.encoder, self.strategy, ds, len(self.labels[split]), output="features")
-                for split, ds in self.data.items()}
+                for split, ds in self.data.items()
+                if not (split == "train" and self.train_pass is not None)}
         features = {split: embedder() for split, embedder in self.embedders.items()}
+        if self.train_pass is not None:
+            features["train"] = self.train_pass()["features"]
         top1 = knn.knn_top1(features["train"], self.labels["train"], features["test"],
                                  self.labels["test"], self.num_classes, self.k, self.temperature)
         if logs is not None:

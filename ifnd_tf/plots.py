@@ -45,10 +45,12 @@ def curves_png(history: list[dict]) -> bytes:
 
 
 def pca_2d(points: np.ndarray) -> np.ndarray:
-    """Projection of the centred points onto their two directions of largest variance."""
+    """Projection of the centred points onto their two directions of largest variance (the
+    top eigenvectors of the d x d scatter matrix: 0.003-0.2 s for 2,000 x 128 points on busy
+    cores, where their SVD took 0.06-1.4 s)."""
     centred = points - points.mean(axis=0)
-    _, _, directions = np.linalg.svd(centred, full_matrices=False)
-    return centred @ directions[:2].T
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # eigenvalues in ascending order
+    return centred @ vectors[:, :-3:-1]
 
 
 def scatter_png(points: np.ndarray, labels: np.ndarray, title: str) -> bytes:

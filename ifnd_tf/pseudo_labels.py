@@ -11,12 +11,14 @@ import numpy as np
 import tensorflow as tf
 
 from ifnd_tf import clustering, confidence, diagnostics, oracle
-from ifnd_tf.embedding import DatasetEmbedder
+from ifnd_tf.embedding import DatasetEmbedder, SharedPass
 
 # What the pseudo-label pass clusters (--cluster_features).
 CENTER_VIEW = "center_view"  # the key encoder over every un-augmented image (the paper)
 TRAIN_KEYS = "train_keys"  # each example's latest key from training: no extra forward pass
-CLUSTER_FEATURES = (CENTER_VIEW, TRAIN_KEYS)
+QUERY_VIEW = "query_view"  # the query encoder over every un-augmented image: the pass the kNN
+#                            monitor made at the previous epoch's end serves both
+CLUSTER_FEATURES = (CENTER_VIEW, TRAIN_KEYS, QUERY_VIEW)
 
 
 class PseudoLabelCallback(keras.callbacks.Callback):
@@ -24,7 +26,10 @@ class PseudoLabelCallback(keras.callbacks.Callback):
 
     With cluster_features=TRAIN_KEYS the embeddings are the model's `train_keys` (each
     example's key from its latest training step, at most an epoch old) instead of a pass over
-    the centre views; until every example has one, the centre-view pass runs.
+    the centre views; until every example has one, the centre-view pass runs. With QUERY_VIEW
+    the query encoder embeds the centre views, through `query_pass` when given (a SharedPass
+    the kNN monitor also uses: when it already embedded the training set at this step, only
+    k-means runs, and the logs carry shared_pass = 1).
 
     The model's strategy runs the embedding pass. Prints and writes to TensorBoard (log_dir,
     tags ifnd/*) alpha, the accepted fraction and cluster sizes per level, and the pair
@@ -46,7 +51,8 @@ class PseudoLabelCallback(keras.callbacks.Callback):
                  cluster_features: str = CENTER_VIEW, true_labels: np.ndarray | None = None,
                  log_dir: str | None = None, verbose: bool = True,
                  confidence_rule: str = "margin", neighbours_k: int = 10,
-                 oracle_fraction: float | None = None, min_levels: int = 1):
+                 oracle_fraction: float | None = None, min_levels: int = 1,
+                 query_pass: SharedPass | None = None):
         super().__init__()
         if confidence_rule not in confidence.RULES:
             raise ValueError(f"confidence_rule must be one of {confidence.RULES}, "
@@ -66,6 +72,7 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         self.seed = seed
         self.cluster_features = cluster_features
         self.embedder: DatasetEmbedder | None = None  # made once the model is set
+        self.query_pass = query_pass
         self.true_labels = true_labels
         self.writer = tf.summary.create_file_writer(log_dir) if log_dir else None
         self.verbose = verbose
@@ -124,7 +131,17 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         self._log_label_diagnostics(labels)
 
     def _embeddings(self) -> np.ndarray:
-        """The training keys if asked for and complete, else the centre-view pass."""
+        """The training keys if asked for and complete, else the centre-view pass (of the
+        query encoder with QUERY_VIEW, of the key encoder otherwise)."""
+        if self.cluster_features == QUERY_VIEW:
+            if self.query_pass is None:
+                self.query_pass = SharedPass(DatasetEmbedder(
+                    self.model.encoder, self.model.distribute_strategy, self.embedding_data,
+                    self.model.num_examples, output=("embedding",)),
+                    lambda: self.model.optimizer.iterations.numpy())
+            embeddings = self.query_pass()["embedding"]
+            self.epoch_logs["shared_pass"] = float(self.query_pass.reused)
+            return embeddings
         if self.cluster_features == TRAIN_KEYS:
             keys = self.model.train_keys.numpy()
             complete = bool(np.any(keys != 0, axis=1).all())

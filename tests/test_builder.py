@@ -36,3 +36,52 @@ def test_cpu_replicas_get_their_rows_of_the_global_stream_from_untuned_pipelines
             assert len(local) == strategy.num_replicas_in_sync
             np.testing.assert_allclose(np.concatenate([t.numpy() for t in local]), want.numpy(),
                                        atol=1e-6)
+
+
+@pytest.mark.parametrize("features, shared", [("query_view", True), ("center_view", False)])
+def test_query_view_clustering_reuses_the_knn_monitors_pass(features, shared, one_replica,
+                                                            tmp_path):
+    """With --cluster_features=query_view the kNN monitor's query-encoder pass at an epoch's
+    end is the one the next epoch's clustering uses: one pass, not two, and the labels are
+    those of the query encoder's centre views."""
+    import tensorflow as tf
+    from conftest import small_moco
+
+    from ifnd_tf import embedding, monitors, pseudo_labels
+
+    source = data.load_source("digits")
+    cfg = smoke_config(cluster_features=features, knn_every=1, knn_k=20)
+    moco = small_moco(one_replica, source.num_examples, cluster_features=features)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=moco), str(tmp_path / "ck"), 1)
+    phase = preemption.fit_phases(0, 4, cfg.epochs)[0]
+    made = builder.make_callbacks(cfg, moco, source, manager,
+                                  preemption.RunPosition(moco.metrics), 4, phase,
+                                  preemption.StopRequest(), str(tmp_path))
+    monitor = next(c for c in made if isinstance(c, monitors.KnnMonitor))
+    labeller = next(c for c in made if isinstance(c, pseudo_labels.PseudoLabelCallback))
+    assert (monitor.train_pass is not None) == shared
+    assert monitor.train_pass is labeller.query_pass
+    for callback in (monitor, labeller):
+        callback.set_model(moco)
+        callback.set_params({"epochs": cfg.epochs})
+    passes = []
+    if shared:
+        inner = monitor.train_pass.embedder
+        monitor.train_pass.embedder = lambda: passes.append(1) or inner()
+    moco.optimizer.iterations.assign(4)  # as after the first epoch's steps
+    logs = {}
+    monitor.on_epoch_end(0, logs)
+    labeller.on_epoch_begin(1)
+    assert logs["knn_top1"] > 0.3
+    if not shared:
+        assert "shared_pass" not in labeller.epoch_logs
+        return
+    assert passes == [1] and labeller.epoch_logs["shared_pass"] == 1.0
+    queries = embedding.DatasetEmbedder(moco.encoder, one_replica, data.embedding_pipeline(
+        source, cfg.embed_batch_size, cfg.image_size), source.num_examples)()
+    expected, _ = cfg.kmeans().pseudo_labels(queries, cfg.acceptance_schedule().alpha(1),
+                                             seed=cfg.seed + 1000)
+    np.testing.assert_array_equal(moco.pseudo_labels.numpy(), expected)
+    moco.optimizer.iterations.assign(8)  # trained since: a new pass
+    labeller.on_epoch_begin(2)
+    assert passes == [1, 1] and labeller.epoch_logs["shared_pass"] == 0.0

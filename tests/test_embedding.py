@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT, free_ports
 
 from ifnd_tf import data, model
-from ifnd_tf.embedding import DatasetEmbedder
+from ifnd_tf.embedding import DatasetEmbedder, SharedPass
 
 
 def test_embedder_places_every_example_by_index(one_replica, two_replicas):
@@ -33,7 +33,7 @@ sys.path.insert(0, "tests")
 import numpy as np, tensorflow as tf
 from conftest import counting_reads
 from ifnd_tf import data, distribute, model
-from ifnd_tf.embedding import DatasetEmbedder
+from ifnd_tf.embedding import DatasetEmbedder, SharedPass
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 source, reads = counting_reads(data.load_source("digits"))
@@ -78,3 +78,30 @@ def test_two_workers_each_embed_half_and_both_hold_the_single_worker_table(tmp_p
     single = DatasetEmbedder(encoder, one_replica, data.embedding_pipeline(source, 101, 16),
                              source.num_examples)()
     np.testing.assert_allclose(tables[0], single, rtol=1e-4, atol=1e-5)
+
+
+def test_one_pass_gives_several_outputs_and_a_shared_pass_reembeds_after_training(one_replica):
+    source = data.load_source("digits", "test")
+    with one_replica.scope():
+        encoder = model.build_encoder("small", 16, 0.25, embedding_dim=8)
+    pipeline = data.embedding_pipeline(source, 256, 16)
+    both = DatasetEmbedder(encoder, one_replica, pipeline, source.num_examples,
+                           output=("features", "embedding"))
+    tables = both()
+    assert set(tables) == {"features", "embedding"}
+    for name, table in tables.items():
+        alone = DatasetEmbedder(encoder, one_replica, pipeline, source.num_examples, output=name)()
+        np.testing.assert_allclose(table, alone, atol=1e-6)
+    step = [0]
+    shared = SharedPass(both, lambda: step[0])
+    first = shared()
+    assert not shared.reused and shared() is first and shared.reused
+    layer = encoder.get_layer("head_out")
+    layer.bias.assign(layer.bias + 1.0)  # a training step changed the weights
+    assert shared() is first  # same step: the pass is not repeated
+    step[0] = 1
+    moved = shared()
+    assert not shared.reused
+    assert np.abs(moved["embedding"] - first["embedding"]).max() > 0.1
+    np.testing.assert_allclose(moved["embedding"], DatasetEmbedder(
+        encoder, one_replica, pipeline, source.num_examples)(), atol=1e-6)
