@@ -20,7 +20,7 @@ test: install data
 
 install: $(VENV)/.installed
 
-# uv installs the same pinned wheels 1.7-1.9x faster than pip (docs/results.md, "Install");
+# uv installs the same pinned wheels 1.7-1.9x faster than pip (docs/results.md, "Third session");
 # bytecode compiled at install, as pip does. pip stays the fallback (e.g. an index only pip.conf knows).
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)

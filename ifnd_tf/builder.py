@@ -129,7 +129,7 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
                                           input_context=worker)
     knn_on = bool(cfg.knn_every) and source.labels is not None
     subset = data.fixed_subset(source.num_examples, cfg.knn_max_train, cfg.seed) if knn_on else None
-    query_pass = None  # one query-encoder pass for the kNN monitor and the query-view clustering
+    query_pass = None  # the kNN monitor's query-encoder pass, its embeddings kept for the clustering
     if cfg.ifnd and cfg.cluster_features == pseudo_labels.QUERY_VIEW and knn_on and subset is None:
         query_pass = embedding.SharedPass(
             embedding.DatasetEmbedder(moco.encoder, moco.distribute_strategy, train_views,

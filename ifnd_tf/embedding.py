@@ -92,26 +92,36 @@ class DatasetEmbedder:
 
 
 class SharedPass:
-    """A DatasetEmbedder's tables, re-embedded only when the model has trained since the last
-    call (`step()`, e.g. the optimizer's iterations, changed).
+    """One pass of a DatasetEmbedder whose `keep` tables wait for a later reader at the same
+    training step.
 
-    The kNN monitor (query backbone features, at an epoch's end) and the query-view clustering
-    (query embeddings, at the next epoch's start) ask for one encoder over the same images at
-    the same step: with one SharedPass they share one forward pass (docs/design.md, "Shared
-    pass"). `reused` says whether the last call was served from the previous pass.
+    The kNN monitor runs the pass at an epoch's end (`__call__`: every table, e.g. the query
+    backbone's features and embeddings); the query-view clustering at the next epoch's start
+    `take`s the embeddings if the model has not trained since (`step()`, the optimizer's
+    iterations, unchanged), else gets None and makes its own pass (docs/design.md, "Shared
+    pass"). Only the kept tables outlive the call, and `take` hands them over: the large
+    backbone features are never held between callbacks.
     """
 
-    def __init__(self, embedder: DatasetEmbedder, step: Callable[[], int]):
+    def __init__(self, embedder: DatasetEmbedder, step: Callable[[], int],
+                 keep: tuple[str, ...] = ("embedding",)):
         assert not embedder.single, "a shared pass returns named tables"
         self.embedder = embedder
         self.step = step
-        self.reused = False
+        self.keep = keep
         self._step: int | None = None
-        self._tables: dict[str, np.ndarray] = {}
+        self._kept: dict[str, np.ndarray] = {}
 
     def __call__(self) -> dict[str, np.ndarray]:
-        step = int(self.step())
-        self.reused = step == self._step
-        if not self.reused:
-            self._tables, self._step = self.embedder(), step
-        return self._tables
+        tables = self.embedder()
+        self._kept = {name: tables[name] for name in self.keep}
+        self._step = int(self.step())
+        return tables
+
+    def take(self, name: str) -> np.ndarray | None:
+        """The kept table of this step's pass (once), or None if there is none or it is stale."""
+        fresh = self._step is not None and self._step == int(self.step())
+        table = self._kept.pop(name, None) if fresh else None
+        if not fresh:
+            self._kept = {}  # stale: free it
+        return table

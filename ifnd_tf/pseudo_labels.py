@@ -27,9 +27,9 @@ class PseudoLabelCallback(keras.callbacks.Callback):
     With cluster_features=TRAIN_KEYS the embeddings are the model's `train_keys` (each
     example's key from its latest training step, at most an epoch old) instead of a pass over
     the centre views; until every example has one, the centre-view pass runs. With QUERY_VIEW
-    the query encoder embeds the centre views, through `query_pass` when given (a SharedPass
-    the kNN monitor also uses: when it already embedded the training set at this step, only
-    k-means runs, and the logs carry shared_pass = 1).
+    the query encoder embeds the centre views: taken from `query_pass` (the SharedPass the kNN
+    monitor ran at the previous epoch's end) when the model has not trained since, so only
+    k-means runs (shared_pass = 1 in the logs), else by its own pass (shared_pass = 0).
 
     The model's strategy runs the embedding pass. Prints and writes to TensorBoard (log_dir,
     tags ifnd/*) alpha, the accepted fraction and cluster sizes per level, and the pair
@@ -134,14 +134,10 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         """The training keys if asked for and complete, else the centre-view pass (of the
         query encoder with QUERY_VIEW, of the key encoder otherwise)."""
         if self.cluster_features == QUERY_VIEW:
-            if self.query_pass is None:
-                self.query_pass = SharedPass(DatasetEmbedder(
-                    self.model.encoder, self.model.distribute_strategy, self.embedding_data,
-                    self.model.num_examples, output=("embedding",)),
-                    lambda: self.model.optimizer.iterations.numpy())
-            embeddings = self.query_pass()["embedding"]
-            self.epoch_logs["shared_pass"] = float(self.query_pass.reused)
-            return embeddings
+            shared = self.query_pass.take("embedding") if self.query_pass is not None else None
+            self.epoch_logs["shared_pass"] = float(shared is not None)
+            if shared is not None:
+                return shared
         if self.cluster_features == TRAIN_KEYS:
             keys = self.model.train_keys.numpy()
             complete = bool(np.any(keys != 0, axis=1).all())
@@ -149,7 +145,9 @@ class PseudoLabelCallback(keras.callbacks.Callback):
             if complete:
                 return keys
         if self.embedder is None:
-            self.embedder = DatasetEmbedder(self.model.key_encoder, self.model.distribute_strategy,
+            encoder = (self.model.encoder if self.cluster_features == QUERY_VIEW
+                       else self.model.key_encoder)
+            self.embedder = DatasetEmbedder(encoder, self.model.distribute_strategy,
                                             self.embedding_data, self.model.num_examples)
         return self.embedder()
 

@@ -94,14 +94,13 @@ def test_one_pass_gives_several_outputs_and_a_shared_pass_reembeds_after_trainin
         np.testing.assert_allclose(table, alone, atol=1e-6)
     step = [0]
     shared = SharedPass(both, lambda: step[0])
-    first = shared()
-    assert not shared.reused and shared() is first and shared.reused
-    layer = encoder.get_layer("head_out")
-    layer.bias.assign(layer.bias + 1.0)  # a training step changed the weights
-    assert shared() is first  # same step: the pass is not repeated
-    step[0] = 1
-    moved = shared()
-    assert not shared.reused
-    assert np.abs(moved["embedding"] - first["embedding"]).max() > 0.1
-    np.testing.assert_allclose(moved["embedding"], DatasetEmbedder(
-        encoder, one_replica, pipeline, source.num_examples)(), atol=1e-6)
+    assert shared.take("embedding") is None  # nothing embedded yet
+    tables = shared()  # the monitor's pass: every table; only the embeddings are kept
+    kept = shared.take("embedding")
+    assert kept is tables["embedding"] and shared.take("embedding") is None  # handed over once
+    assert shared.take("features") is None  # never kept: large at scale
+    shared()
+    step[0] = 1  # trained since the pass: stale, not handed over
+    assert shared.take("embedding") is None
+    step[0] = 0
+    assert shared.take("embedding") is None  # and it was freed
