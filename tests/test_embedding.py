@@ -33,7 +33,7 @@ sys.path.insert(0, "tests")
 import numpy as np, tensorflow as tf
 from conftest import counting_reads
 from ifnd_tf import data, distribute, model
-from ifnd_tf.embedding import DatasetEmbedder, SharedPass
+from ifnd_tf.embedding import DatasetEmbedder
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 source, reads = counting_reads(data.load_source("digits"))
@@ -42,11 +42,15 @@ with strategy.scope():
 pipeline = data.embedding_pipeline(source, 101, 16,
                                    input_context=distribute.input_context(strategy))
 table = DatasetEmbedder(encoder, strategy, pipeline, source.num_examples)()
+first_pass_reads = list(reads)
+both = DatasetEmbedder(encoder, strategy, pipeline, source.num_examples,
+                       output=("features", "embedding"))()  # one pass, two gathered tables
 out = sys.argv[1]
 np.save(out + ".npy", table)
+np.save(out + ".both.npy", np.concatenate([both["features"], both["embedding"]], axis=1))
 encoder.save_weights(out + ".weights.h5")
 with open(out + ".json", "w") as f:
-    json.dump(reads, f)
+    json.dump(first_pass_reads, f)
 """
 
 
@@ -71,6 +75,9 @@ def test_two_workers_each_embed_half_and_both_hold_the_single_worker_table(tmp_p
         assert sorted(reads) == sorted(np.arange(index, 1438, 2) % 1437)
     tables = [np.load(tmp_path / f"worker{index}.npy") for index in range(2)]
     np.testing.assert_array_equal(tables[0], tables[1])
+    both = [np.load(tmp_path / f"worker{index}.both.npy") for index in range(2)]
+    np.testing.assert_array_equal(both[0], both[1])
+    np.testing.assert_allclose(both[0][:, -16:], tables[0], atol=1e-6)  # the same embeddings
     with one_replica.scope():
         encoder = model.build_encoder("small", 16, 0.25, embedding_dim=16)
     encoder.load_weights(tmp_path / "worker0.weights.h5")
