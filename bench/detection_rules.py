@@ -3,6 +3,7 @@ rule as a function of alpha, on one saved encoder (or saved embeddings) and the 
 
     python -m bench.detection_rules --run_dir=runs/fashion_mnist [--alphas=0.2,0.4,0.6,0.8,1]
     python -m bench.detection_rules --embeddings=emb.npy --labels=labels.npy --num_clusters=10,20,50
+    python -m bench.detection_rules --run_dir=... --halves --quantiles=0.01,0.05,0.1   # + GloFND-like
 
 With --run_dir: its flags.json gives the dataset, image size, hierarchy and k-means settings,
 and export/encoder.keras (the query encoder; training clusters the key encoder, its EMA) embeds
@@ -77,6 +78,48 @@ def evaluate(embeddings: np.ndarray, labels: np.ndarray, ks: list[int], alphas: 
     return rows
 
 
+def neighbour_quantiles(embeddings: np.ndarray, labels: np.ndarray, quantiles: list[float],
+                        coarsest: np.ndarray, parts: dict[str, np.ndarray], anchors: int,
+                        seed: int) -> list[dict]:
+    """Per-anchor similarity thresholds, as GloFND (Balmaseda et al. 2025, arXiv 2502.20612):
+    (i, j) is detected when j is among the fraction q of i's part most cosine-similar to i.
+    GloFND learns each anchor's threshold by SGD because it sees only mini-batch negatives;
+    offline the whole part is at hand, so the threshold is read exactly. The detected set is
+    not symmetric, so pairs are counted per anchor, for `anchors` anchors sampled from each
+    part (all their pairs in the part); "within_cluster" rows also require i and j to share a
+    cluster of `coarsest` (the hierarchy's coarsest level, clustered on all samples)."""
+    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for part, members in parts.items():
+        chosen = np.sort(rng.choice(len(members), min(anchors, len(members)), replace=False))
+        counts = {(q, w): [0, 0] for q in quantiles for w in (False, True)}  # detected, correct
+        true_pairs = 0
+        for lo in range(0, len(chosen), 500):
+            at = chosen[lo:lo + 500]  # positions within the part
+            sims = x[members[at]] @ x[members].T
+            sims[np.arange(len(at)), at] = -np.inf  # not itself
+            same = labels[members[at]][:, None] == labels[members][None, :]
+            same[np.arange(len(at)), at] = False
+            mates = coarsest[members[at]][:, None] == coarsest[members][None, :]
+            true_pairs += int(same.sum())
+            ordered = -np.sort(-sims, axis=1)
+            for q in quantiles:
+                n = max(1, round(q * (len(members) - 1)))
+                detected = sims >= ordered[:, n - 1:n]
+                for within in (False, True):
+                    found = detected & mates if within else detected
+                    counts[q, within][0] += int(found.sum())
+                    counts[q, within][1] += int((found & same).sum())
+        for (q, within), (detected, correct) in counts.items():
+            rows.append({"rule": "neighbour_quantile", "quantile": q, "within_cluster": within,
+                         "part": part, "anchors": len(chosen),
+                         "precision": correct / detected if detected else 0.0,
+                         "recall": correct / true_pairs if true_pairs else 0.0,
+                         "detected_pairs": detected})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run_dir", help="a run with flags.json and export/encoder.keras")
@@ -92,6 +135,11 @@ def main() -> None:
     parser.add_argument("--halves", action="store_true",
                         help="count pairs within two seeded halves of train, A (to choose a "
                              "setting on) and B (to confirm it), instead of all samples")
+    parser.add_argument("--quantiles", default="",
+                        help="also per-anchor top fractions, e.g. 0.01,0.05,0.1 (GloFND-like "
+                             "thresholds; neighbour_quantiles)")
+    parser.add_argument("--quantile_anchors", type=int, default=3000,
+                        help="anchors sampled per part for --quantiles")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="detection_rules")
     args = parser.parse_args()
@@ -116,8 +164,22 @@ def main() -> None:
     common.print_table(f"Detected false-negative pairs, {len(labels)} samples, k = {ks} "
                        f"({args.run_dir or args.embeddings})", columns,
                        [[row[c] for c in columns] for row in rows])
+    quantile_rows = []
+    if args.quantiles:
+        x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        coarsest = clustering.cluster_levels(x.astype(np.float32), [min(ks)], backend,
+                                             args.seed)[0][0]
+        quantile_rows = neighbour_quantiles(
+            embeddings, labels, [float(q) for q in args.quantiles.split(",")], coarsest,
+            parts or {"all": np.arange(len(labels))}, args.quantile_anchors, args.seed)
+        columns = ("quantile", "within_cluster", "part", "anchors", "precision", "recall",
+                   "detected_pairs")
+        common.print_table(f"Per-anchor top fractions (GloFND-like), k = {min(ks)} for "
+                           f"within_cluster", columns,
+                           [[row[c] for c in columns] for row in quantile_rows])
     common.write_json(args.name, {"run_dir": args.run_dir, "num_clusters": ks,
-                                  "backend": backend, "rows": rows})
+                                  "backend": backend, "rows": rows,
+                                  "quantile_rows": quantile_rows})
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from ifnd_tf import (
     data,
     distribute,
     embedding,
+    losses,
     model,
     monitors,
     preemption,
@@ -69,7 +70,8 @@ def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
         key_bn_splits=cfg.key_bn_splits,
         weight_decay=cfg.weight_decay, seed=cfg.seed,
         remember_keys=cfg.ifnd and cfg.cluster_features == pseudo_labels.TRAIN_KEYS,
-        compile_per_replica=jit and replicas > 1)
+        compile_per_replica=jit and replicas > 1,
+        fn_detector=cfg.fn_detector if cfg.ifnd else losses.CLUSTERS)
     moco.copy_query_to_key_encoder()
     schedule = keras.optimizers.schedules.CosineDecay(
         cfg.learning_rate * cfg.batch_size / 256, decay_steps=cfg.epochs * steps_per_epoch)
@@ -130,7 +132,8 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
     knn_on = bool(cfg.knn_every) and source.labels is not None
     subset = data.fixed_subset(source.num_examples, cfg.knn_max_train, cfg.seed) if knn_on else None
     query_pass = None  # the kNN monitor's query-encoder pass, its embeddings kept for the clustering
-    if cfg.ifnd and cfg.cluster_features == pseudo_labels.QUERY_VIEW and knn_on and subset is None:
+    clusters = cfg.ifnd and cfg.fn_detector == losses.CLUSTERS
+    if clusters and cfg.cluster_features == pseudo_labels.QUERY_VIEW and knn_on and subset is None:
         query_pass = embedding.SharedPass(
             embedding.DatasetEmbedder(moco.encoder, moco.distribute_strategy, train_views,
                                       source.num_examples, output=("features", "embedding")),
@@ -141,7 +144,8 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
             true_labels=source.labels, log_dir=os.path.join(run_dir, "logs", "ifnd"),
             confidence_rule=cfg.fn_confidence, neighbours_k=cfg.fn_neighbours_k,
             oracle_fraction=cfg.fn_oracle_fraction if cfg.fn_oracle else None,
-            min_levels=cfg.fn_min_levels, query_pass=query_pass))
+            min_levels=cfg.fn_min_levels, query_pass=query_pass,
+            quantile=None if clusters else cfg.fn_quantile))
         result[-1].resumed_epoch = resumed_epoch  # its restored label table is kept
     if knn_on:  # before the loggers: knn_top1 joins the logs
         try:

@@ -88,6 +88,14 @@ flags.DEFINE_integer("fn_min_levels", 1,
                      "A queue entry is a false negative when it shares the anchor's accepted "
                      "label at this many hierarchy levels or more: 1 = any level (the paper's "
                      "union); up to len(--num_clusters) = every level (a vote: fewer, surer).")
+flags.DEFINE_enum("fn_detector", losses.CLUSTERS, list(losses.FALSE_NEGATIVE_DETECTORS),
+                  "How false negatives are found: clusters = queue entries sharing an accepted "
+                  "k-means label with the anchor (the paper); quantile = each anchor's "
+                  "alpha * --fn_quantile most similar queue entries, read from the step's own "
+                  "similarities (GloFND-like; no clustering pass; --num_clusters, --fn_confidence "
+                  "and --fn_min_levels then do nothing).")
+flags.DEFINE_float("fn_quantile", 0.1,
+                   "--fn_detector=quantile: fraction of the queue masked per anchor at alpha = 1.")
 flags.DEFINE_bool("fn_oracle", False,
                   "Ablation only: accept the TRUE labels as pseudo-labels at every level (no "
                   "clustering), for a seeded class-balanced alpha * --fn_oracle_fraction of each "
@@ -137,7 +145,7 @@ RUN_DEFINING_FLAGS = (
     "num_clusters", "warmup_epochs", "alpha_start", "alpha_end", "alpha_shape", "kmeans_backend",
     "kmeans_iterations", "kmeans_max_points_per_centroid", "cluster_features", "seed",
     "mixed_precision", "fn_confidence", "fn_neighbours_k", "fn_min_levels", "fn_oracle",
-    "fn_oracle_fraction")
+    "fn_oracle_fraction", "fn_detector", "fn_quantile")
 
 
 # Evaluation: the kNN monitor of ifnd_tf.train, ifnd_tf.linear_eval, ifnd_tf.finetune and
@@ -271,6 +279,12 @@ def validate_flags(num_replicas: int) -> None:
     _check(0.0 <= f.fn_oracle_fraction <= 1.0,
            f"--fn_oracle_fraction must be in [0, 1], got {f.fn_oracle_fraction}")
     _check(not f.fn_oracle or f.ifnd, "--fn_oracle needs --ifnd=true (it replaces the detector)")
+    _check(0.0 < f.fn_quantile <= 1.0, f"--fn_quantile must be in (0, 1], got {f.fn_quantile}")
+    _check(not (f.fn_oracle and f.fn_detector == losses.QUANTILE),
+           "--fn_oracle replaces the clusters' labels; it needs --fn_detector=clusters")
+    _check(f.fn_min_levels == 1 or f.fn_detector == losses.CLUSTERS,
+           f"--fn_min_levels={f.fn_min_levels} is a vote over cluster levels; it needs "
+           "--fn_detector=clusters")
     if f.ifnd:
         levels = len(cluster_counts())
         _check(1 <= f.fn_min_levels <= levels,
@@ -374,6 +388,8 @@ class RunConfig:
     fn_min_levels: int
     fn_oracle: bool
     fn_oracle_fraction: float
+    fn_detector: str
+    fn_quantile: float
     embed_batch_size: int
     model_dir: str
     seed: int

@@ -257,8 +257,11 @@ class MomentumContrast(keras.Model):
     """MoCo v2 with Incremental False Negative Detection.
 
     train_step: EMA-update the key encoder, embed both views, mask queue entries whose accepted
-    pseudo-label matches the anchor's, take one SGD step on the query encoder, enqueue the keys
-    with their dataset indices.
+    pseudo-label matches the anchor's (fn_detector="clusters", the paper) or, with
+    fn_detector="quantile", the anchor's `fn_fraction` most similar valid queue entries
+    (losses.nearest_fraction_mask), take one SGD step on the query encoder, enqueue the keys
+    with their dataset indices. Given `set_true_labels` (diagnostics only, never trained on),
+    the quantile detector also counts how many masked entries share the anchor's true class.
 
     compile_per_replica: XLA-compile each replica's EMA update, key and query forward, loss and
     gradients (three compiled functions); the cross-replica ops between them (shuffle-BN
@@ -271,7 +274,7 @@ class MomentumContrast(keras.Model):
                  momentum: float = 0.999, fn_strategy: str = losses.ELIMINATION,
                  fn_min_levels: int = 1, key_bn_splits: int = 1, weight_decay: float = 1e-4,
                  seed: int = 0, remember_keys: bool = False, compile_per_replica: bool = False,
-                 **kwargs):
+                 fn_detector: str = losses.CLUSTERS, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.key_encoder = key_encoder
@@ -281,6 +284,8 @@ class MomentumContrast(keras.Model):
         assert 1 <= fn_min_levels <= num_levels, (
             f"fn_min_levels={fn_min_levels} needs 1..{num_levels} hierarchy levels")
         self.fn_min_levels = fn_min_levels
+        assert fn_detector in losses.FALSE_NEGATIVE_DETECTORS, fn_detector
+        self.fn_detector = fn_detector
         self.key_bn_splits = key_bn_splits
         groups = {layer.groups for layer in key_encoder.layers
                   if isinstance(layer, GroupedBatchNormalization)}
@@ -308,12 +313,23 @@ class MomentumContrast(keras.Model):
         self.train_keys = self.add_weight(
             shape=(num_examples, dim), initializer="zeros", trainable=False, aggregation=first,
             name="train_keys") if remember_keys else None
+        quantile = fn_detector == losses.QUANTILE
+        # The quantile detector's state: the fraction of the queue it masks (set each epoch by
+        # pseudo_labels.PseudoLabelCallback) and the true labels its diagnostics count against.
+        self.fn_fraction = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                           aggregation=first, name="fn_fraction") if quantile else None
+        self.true_labels = self.add_weight(
+            shape=(num_examples,), initializer=keras.initializers.Constant(-1), dtype="int32",
+            trainable=False, aggregation=first, name="true_labels") if quantile else None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="acc")
         # Under elimination the loss never sees the masked entries; top-1 among what it sees.
         self.accuracy_without_fn_tracker = keras.metrics.Mean(name="acc_without_fn")
         self.masked_tracker = keras.metrics.Mean(name="masked")
         self.spread_tracker = keras.metrics.Mean(name="key_spread")  # collapse watch
+        # Quantile detector, per anchor: masked entries of its true class; queue entries of it.
+        self.fn_trackers = [keras.metrics.Mean(name="fn_correct"),
+                            keras.metrics.Mean(name="fn_true")] if quantile else []
         # The per-replica computation, XLA-compiled on request (docs/design.md "XLA"): it holds
         # no cross-replica op, which MirroredStrategy cannot run inside a compiled function.
         self.compiles_per_replica = compile_per_replica
@@ -327,7 +343,7 @@ class MomentumContrast(keras.Model):
     @property
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker, self.accuracy_without_fn_tracker,
-                self.masked_tracker, self.spread_tracker]
+                self.masked_tracker, self.spread_tracker, *self.fn_trackers]
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Skip Keras' symbolic build: encoders, optimizer and metrics are built already.
@@ -384,18 +400,28 @@ class MomentumContrast(keras.Model):
         return tf.cast(self.key_encoder(images, training=True)["embedding"], tf.float32)
 
     def _query_loss_and_gradients(self, view_q: tf.Tensor, keys: tf.Tensor,
-                                  queue_keys: tf.Tensor, fn_mask: tf.Tensor):
-        """(gradients of the query encoder's weights, this replica's mean loss, logits)."""
+                                  queue_keys: tf.Tensor, fn_mask: tf.Tensor, queue_valid: tf.Tensor):
+        """(gradients of the query encoder's weights, this replica's mean loss, logits, the
+        false-negative mask used: `fn_mask`, or the quantile detector's from these logits)."""
         variables = self.encoder.trainable_variables
         with tf.GradientTape() as tape:
             query = tf.cast(self.encoder(view_q, training=True)["embedding"], tf.float32)
             logits = losses.contrastive_logits(query, keys, queue_keys, self.temperature)
+            if self.fn_detector == losses.QUANTILE:
+                fn_mask = losses.nearest_fraction_mask(tf.stop_gradient(logits[:, 1:]),
+                                                       queue_valid, self.fn_fraction)
             loss = tf.reduce_mean(losses.ifnd_loss(logits, fn_mask, self.fn_strategy))
             total = loss + losses.weight_decay_loss(variables, self.weight_decay)
             # Gradients are summed over replicas: scale so the step matches one big batch.
             scaled = self.optimizer.scale_loss(
                 total / self.distribute_strategy.num_replicas_in_sync)
-        return tape.gradient(scaled, variables), loss, logits
+        return tape.gradient(scaled, variables), loss, logits, fn_mask
+
+    def set_true_labels(self, labels) -> None:
+        """The true class of every example (-1 = unknown), for the quantile detector's
+        precision / recall only: the loss never reads it."""
+        assert self.true_labels is not None, "only the quantile detector counts true labels"
+        self.true_labels.assign(tf.convert_to_tensor(labels, tf.int32))
 
     def set_pseudo_labels(self, labels) -> None:
         """Replace the table [levels, num_examples] (-1 = no accepted label) the loss masks with."""
@@ -438,15 +464,33 @@ class MomentumContrast(keras.Model):
         # A row scatter: assigning a whole updated copy would move the [N, dim] table every step.
         self.train_keys.value.scatter_update(tf.IndexedSlices(keys, tf.cast(ids, tf.int32)))
 
+    def _count_true_false_negatives(self, index: tf.Tensor, queue_ids: tf.Tensor,
+                                    fn_mask: tf.Tensor) -> None:
+        """Per anchor: masked entries of its true class, valid entries of its true class (the
+        epoch means give precision = fn_correct / masked and recall = fn_correct / fn_true)."""
+        anchor = tf.gather(self.true_labels, index)
+        entry = tf.where(queue_ids >= 0, tf.gather(self.true_labels, tf.maximum(queue_ids, 0)), -1)
+        same = tf.logical_and(tf.equal(anchor[:, None], entry[None, :]),
+                              tf.logical_and(anchor[:, None] >= 0, entry[None, :] >= 0))
+        correct, true = self.fn_trackers
+        correct.update_state(tf.reduce_sum(tf.cast(tf.logical_and(same, fn_mask), tf.float32), 1))
+        true.update_state(tf.reduce_sum(tf.cast(same, tf.float32), 1))
+
     def train_step(self, data):
         index, view_q, view_k = data
         replica = tf.distribute.get_replica_context()
         self._ema_update()
         keys = self.momentum_keys(view_k, self.optimizer.iterations)
-        fn_mask = losses.false_negative_mask(tf.gather(self.pseudo_labels, index, axis=1),
-                                             self.queue_labels(), self.fn_min_levels)
-        grads, loss, logits = self._query_step(view_q, keys, tf.convert_to_tensor(self.queue_keys),
-                                               fn_mask)
+        queue_ids = tf.convert_to_tensor(self.queue_ids)
+        if self.fn_detector == losses.CLUSTERS:
+            fn_mask = losses.false_negative_mask(tf.gather(self.pseudo_labels, index, axis=1),
+                                                 self.queue_labels(), self.fn_min_levels)
+        else:  # the quantile detector masks from the step's own similarities
+            fn_mask = tf.zeros([tf.shape(index)[0], tf.shape(queue_ids)[0]], tf.bool)
+        grads, loss, logits, fn_mask = self._query_step(
+            view_q, keys, tf.convert_to_tensor(self.queue_keys), fn_mask, queue_ids >= 0)
+        if self.fn_trackers:
+            self._count_true_false_negatives(index, queue_ids, fn_mask)
         average_local_batch_norm([self.encoder, self.key_encoder])
         self.optimizer.apply_gradients(zip(grads, self.encoder.trainable_variables))
         # int32: an int64 all_gather fails under MultiWorkerMirroredStrategy.

@@ -43,7 +43,10 @@ class PseudoLabelCallback(keras.callbacks.Callback):
     `confidence_rule` ranks samples within a cluster (confidence.RULES). With `oracle_fraction`
     set (ablation, --fn_oracle) no clustering runs: the accepted labels are the true classes of
     a seeded class-balanced alpha * oracle_fraction of each class (ifnd_tf/oracle.py), and the
-    logs carry oracle = 1.
+    logs carry oracle = 1. With `quantile` set (--fn_detector=quantile) no clustering runs
+    either: the model masks each anchor's alpha * quantile most similar queue entries
+    (fn_fraction in the logs), and fn_precision / fn_recall are the epoch's counts over the
+    masked queue entries (the model's fn_correct / fn_true trackers), not over all pairs.
     """
 
     def __init__(self, embedding_data: tf.data.Dataset, schedule: clustering.AcceptanceSchedule,
@@ -52,7 +55,7 @@ class PseudoLabelCallback(keras.callbacks.Callback):
                  log_dir: str | None = None, verbose: bool = True,
                  confidence_rule: str = "margin", neighbours_k: int = 10,
                  oracle_fraction: float | None = None, min_levels: int = 1,
-                 query_pass: SharedPass | None = None):
+                 query_pass: SharedPass | None = None, quantile: float | None = None):
         super().__init__()
         if confidence_rule not in confidence.RULES:
             raise ValueError(f"confidence_rule must be one of {confidence.RULES}, "
@@ -61,6 +64,7 @@ class PseudoLabelCallback(keras.callbacks.Callback):
             raise ValueError("the oracle needs true labels")
         self.confidence = {"rule": confidence_rule, "neighbours_k": neighbours_k}
         self.oracle_fraction = oracle_fraction
+        self.quantile = quantile
         self.min_levels = min_levels  # the loss's vote, for the FN diagnostics
         self.previous_assignment: np.ndarray | None = None  # for the stability rule
         if cluster_features not in CLUSTER_FEATURES:
@@ -80,12 +84,19 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         self.details: dict[str, float] = {}
         self.resumed_epoch: int | None = None  # resumed mid-way: its restored table is kept
 
+    def on_train_begin(self, logs=None):
+        if self.quantile is not None and self.true_labels is not None:
+            self.model.set_true_labels(self.true_labels)
+
     def on_epoch_begin(self, epoch, logs=None):
         alpha = self.schedule.alpha(epoch)
         self.epoch_logs, self.details = {"alpha": alpha, "clustering_seconds": 0.0}, {}
         if self.oracle_fraction is not None:
             self.epoch_logs["oracle"] = 1.0
-        if epoch == self.resumed_epoch:  # the table the interrupted epoch trained with
+        if self.quantile is not None:
+            self.model.fn_fraction.assign(alpha * self.quantile)
+            self.epoch_logs["fn_fraction"] = alpha * self.quantile
+        elif epoch == self.resumed_epoch:  # the table the interrupted epoch trained with
             self._log_label_diagnostics(self.model.pseudo_labels.numpy() if alpha > 0 else None)
         elif alpha > 0:
             self._update_pseudo_labels(epoch, alpha)
@@ -106,6 +117,12 @@ class PseudoLabelCallback(keras.callbacks.Callback):
         """Headline numbers join the progress line and the TensorBoard callback's scalars."""
         if logs is not None:
             logs.update(self.epoch_logs)
+            if self.quantile is not None:  # the step's counts -> precision / recall
+                correct, true = logs.pop("fn_correct", None), logs.pop("fn_true", None)
+                if correct is not None and self.epoch_logs["fn_fraction"] > 0:
+                    masked = float(logs["masked"])
+                    logs["fn_precision"] = float(correct) / masked if masked else 0.0
+                    logs["fn_recall"] = float(correct) / float(true) if true else 0.0
 
     def _update_pseudo_labels(self, epoch: int, alpha: float) -> None:
         start = time.perf_counter()

@@ -98,9 +98,22 @@ def test_vote_beyond_the_hierarchy_names_the_flag(value):
         config.validate_flags(num_replicas=1)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"fn_quantile": 0.0}, r"^--fn_quantile must be in \(0, 1\], got 0.0$"),
+    ({"fn_quantile": 1.5}, r"^--fn_quantile must be in \(0, 1\], got 1.5$"),
+    ({"fn_detector": "quantile", "fn_oracle": True}, "^--fn_oracle replaces the clusters' labels"),
+    ({"fn_detector": "quantile", "fn_min_levels": 2}, "^--fn_min_levels=2 is a vote over cluster"),
+])
+def test_quantile_detector_flags_are_checked(overrides, message):
+    with flagsaver.flagsaver(**overrides), pytest.raises(config.ConfigError, match=message):
+        config.validate_flags(num_replicas=1)
+    with flagsaver.flagsaver(fn_detector="quantile", fn_quantile=0.05):
+        config.validate_flags(num_replicas=1)
+
+
 def test_detection_flags_define_the_run():
     assert {"fn_oracle", "fn_oracle_fraction", "fn_confidence", "fn_neighbours_k",
-            "fn_min_levels"} <= set(
+            "fn_min_levels", "fn_detector", "fn_quantile"} <= set(
         config.RUN_DEFINING_FLAGS)
 
 

@@ -39,3 +39,29 @@ def test_parts_count_only_the_pairs_within_each_part():
                                     rules=["margin"], parts=parts)
     assert [(r["part"], r["detected_pairs"]) for r in rows] == [("A", 1), ("B", 1 + 3)]
     assert all(r["precision"] == 1.0 and r["recall"] == 1.0 for r in rows)
+
+
+def test_neighbour_quantiles_count_each_anchors_nearest_fraction():
+    # Points on the unit circle at these angles (degrees, no ties in any anchor's order):
+    # class 0 = points 0-3, class 1 = points 4-7, but point 3 lies nearer class 1 and point 7
+    # nearer class 0. One part = all 8 points, every point an anchor.
+    angles = np.deg2rad([0, 5, 11, 58, 90, 85, 79, 32])
+    points = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
+    truth = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    coarsest = np.array([0, 0, 0, 1, 1, 1, 1, 0])  # clusters that follow the angles
+    rows = detection_rules.neighbour_quantiles(points, truth, [1 / 7, 3 / 7], coarsest,
+                                               {"all": np.arange(8)}, anchors=8, seed=0)
+    by = {(r["quantile"], r["within_cluster"]): r for r in rows}
+    # Nearest neighbour: 0->1, 1->0, 2->1, 3->6 (wrong), 4->5, 5->4, 6->5, 7->2 (wrong).
+    nearest = by[1 / 7, False]
+    assert nearest["detected_pairs"] == 8 and nearest["anchors"] == 8
+    assert nearest["precision"] == 6 / 8
+    assert nearest["recall"] == 6 / 24  # each anchor has 3 true mates
+    # Three nearest: 0: 1 2 7x; 1: 0 2 7x; 2: 1 0 7x; 3: 6x 7x 5x; 4: 5 6 3x; 5: 4 6 3x;
+    # 6: 5 4 3x; 7: 2x 3x 1x -> 12 of 24 right.
+    three = by[3 / 7, False]
+    assert three["detected_pairs"] == 24 and three["precision"] == 12 / 24
+    # Within the clusters {0, 1, 2, 7} / {3, 4, 5, 6}: anchor 3 loses 7, anchor 7 loses 3.
+    within = by[3 / 7, True]
+    assert within["detected_pairs"] == 22 and within["precision"] == 12 / 22
+    assert within["recall"] == three["recall"] == 12 / 24

@@ -127,3 +127,21 @@ def test_weight_decay_loss_has_gradient_decay_times_weight():
     grads = tape.gradient(value, weights)
     np.testing.assert_allclose(grads[0].numpy(), [[0.1, -0.2]])
     np.testing.assert_allclose(grads[1].numpy(), [0.3])
+
+
+def test_nearest_fraction_mask_takes_each_anchors_most_similar_valid_entries():
+    similarities = tf.constant([[0.9, 0.1, 0.5, 0.7, 0.95],
+                                [0.2, 0.8, 0.3, 0.1, 0.99]])
+    valid = tf.constant([True, True, True, True, False])  # the last slot holds no key yet
+    half = losses.nearest_fraction_mask(similarities, valid, 0.5)  # round(0.5 * 4) = 2 each
+    np.testing.assert_array_equal(half.numpy(), [[True, False, False, True, False],
+                                                 [False, True, True, False, False]])
+    assert not losses.nearest_fraction_mask(similarities, valid, 0.0).numpy().any()
+    everything = losses.nearest_fraction_mask(similarities, valid, 1.0).numpy()
+    np.testing.assert_array_equal(everything, np.tile([True] * 4 + [False], (2, 1)))
+
+
+def test_nearest_fraction_mask_keeps_ties_at_the_threshold():
+    mask = losses.nearest_fraction_mask(tf.constant([[0.5, 0.1, 0.5, 0.2]]),
+                                        tf.constant([True] * 4), 0.25)  # n = 1, two at 0.5
+    np.testing.assert_array_equal(mask.numpy(), [[True, False, True, False]])

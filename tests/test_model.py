@@ -382,3 +382,41 @@ def test_folded_encoder_matches_inference_and_follows_training(backbone, size):
         for v in encoder.trainable_variables:
             v.assign(v * 1.01)
         folded.refresh()
+
+
+@pytest.mark.parametrize("fraction, masked", [(0.0, 0.0), (0.5, 2.0), (1.0, 4.0)])
+def test_quantile_detector_masks_that_fraction_of_the_filled_queue(fraction, masked):
+    moco = _compiled(_moco(num_examples=8, queue_size=8, fn_detector="quantile"))
+    moco.enqueue(tf.math.l2_normalize(tf.random.normal([4, 4]), 1), tf.range(4))  # 4 of 8 filled
+    moco.fn_fraction.assign(fraction)
+    history = moco.fit(_one_step_data(batch=4), epochs=1, verbose=0)
+    assert history.history["masked"][0] == pytest.approx(masked)
+
+
+def test_quantile_detector_counts_masked_entries_of_the_anchors_true_class():
+    moco = _moco(num_examples=8, queue_size=4, fn_detector="quantile")
+    moco.set_true_labels([0, 0, 0, 1, 1, 1, -1, 1])
+    queue_ids = tf.constant([1, 3, 6, -1])  # classes 0, 1, unknown; an empty slot
+    fn_mask = tf.constant([[True, True, False, False],  # anchor 0 (class 0): 1 of 2 right
+                           [False, True, True, False]])  # anchor 5 (class 1): 1 of 2 right
+    moco._count_true_false_negatives(tf.constant([0, 5]), queue_ids, fn_mask)
+    correct, true = (tracker.result().numpy() for tracker in moco.fn_trackers)
+    assert correct == pytest.approx(1.0)  # per anchor
+    assert true == pytest.approx(1.0)  # each anchor has one queue entry of its class
+
+
+def test_quantile_detector_epochs_log_precision_and_recall():
+    moco = _compiled(_moco(num_examples=8, queue_size=8, fn_detector="quantile"))
+    moco.enqueue(tf.math.l2_normalize(tf.random.normal([8, 4]), 1), tf.range(8))
+    callback = pseudo_labels.PseudoLabelCallback(
+        None, clustering.AcceptanceSchedule(2, 1), clustering.KMeansSettings((2,)), seed=0,
+        true_labels=np.zeros(8, np.int64), verbose=False, quantile=0.5)
+    history = moco.fit(_one_step_data().repeat(2), epochs=2, steps_per_epoch=1, verbose=0,
+                       callbacks=[callback]).history
+    assert history["fn_fraction"] == [0.0, 0.5]  # warm-up, then alpha 1 * 0.5
+    assert history["masked"] == [0.0, 4.0]
+    assert "fn_correct" not in history and "fn_true" not in history
+    # Only the second epoch detects. One class: every masked entry is a true false negative,
+    # 4 of the 8 are found.
+    assert history["fn_precision"] == [pytest.approx(1.0)]
+    assert history["fn_recall"] == [pytest.approx(0.5)]
