@@ -320,11 +320,14 @@ def _replica_copies_agree(variables):
         np.testing.assert_allclose(copies[0], copies[1], rtol=1e-5, atol=1e-6, err_msg=variable.path)
 
 
-@pytest.mark.parametrize("key_bn_splits", [1, 2])
-def test_per_replica_xla_steps_match_uncompiled_steps_on_two_replicas(two_replicas, key_bn_splits):
+@pytest.mark.parametrize("key_bn_splits, fn_detector", [(1, "clusters"), (2, "clusters"),
+                                                        (2, "quantile")])
+def test_per_replica_xla_steps_match_uncompiled_steps_on_two_replicas(two_replicas, key_bn_splits,
+                                                                      fn_detector):
     """Three steps on two replicas with the per-replica part XLA-compiled and without: same
     losses and weights (tolerance); replica-local BN (--sync_bn=false, shuffle-BN groups) keeps
-    identical moving statistics on both replicas. Compilation itself is proven by XLA's dump in
+    identical moving statistics on both replicas; the quantile detector masks the same number of
+    entries inside the compiled query step. Compilation itself is proven by XLA's dump in
     tests/test_train.py."""
     from tensorflow.python.framework.config import is_op_determinism_enabled
 
@@ -341,15 +344,20 @@ def test_per_replica_xla_steps_match_uncompiled_steps_on_two_replicas(two_replic
                                             bn_groups=g) for g in (None, groups)]
             moco = model.MomentumContrast(encoders[0], encoders[1], 48, queue_size=32,
                                           momentum=0.9, key_bn_splits=key_bn_splits,
-                                          compile_per_replica=jit)
+                                          compile_per_replica=jit, fn_detector=fn_detector)
             moco.copy_query_to_key_encoder()
             _compiled(moco)
+            if fn_detector == "quantile":
+                moco.fn_fraction.assign(0.25)
             if models:
                 moco.set_weights(models[0].get_weights())
         models.append(moco)
     histories = [m.fit(data, epochs=1, verbose=0).history for m in models]
     assert models[1].compiles_per_replica and not models[1].jit_compile
     np.testing.assert_allclose(histories[1]["loss"], histories[0]["loss"], rtol=1e-4)
+    assert histories[1]["masked"] == histories[0]["masked"]
+    if fn_detector == "quantile":  # 1/4 of the 16 keys of step 1 and the 32 of steps 2-3
+        assert histories[0]["masked"][0] == pytest.approx((0 + 4 + 8) / 3)
     for a, b in zip(models[0].get_weights(), models[1].get_weights()):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
     for m in models:
