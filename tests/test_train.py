@@ -198,6 +198,20 @@ def test_train_keys_run_clusters_the_keys_training_wrote(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(table, axis=1), 1.0, rtol=1e-4)
 
 
+def test_quantile_detector_run_masks_its_fraction_without_clustering(tmp_path):
+    result = _train(tmp_path, "--fn_detector=quantile", "--fn_quantile=0.25", "--knn_every=0",
+                    "--export=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics_csv(tmp_path)
+    assert [row["fn_fraction"] for row in rows] == [0.0, 0.125, 0.25]  # alpha 0, 0.5, 1
+    assert all(row["clustering_seconds"] == 0 and "accepted" not in row for row in rows)
+    # The queue of 256 is full from the second epoch (4 steps of 64 per epoch).
+    assert [row["masked"] for row in rows] == [0.0, 32.0, 64.0]
+    assert np.isnan(rows[0]["fn_precision"])  # warm-up detects nothing
+    for row in rows[1:]:
+        assert 0 < row["fn_precision"] <= 1 and 0 < row["fn_recall"] <= 1
+
+
 def test_same_seed_same_loss_curve(smoke_run, tmp_path):
     model_dir, _ = smoke_run
     again = _train(tmp_path, "--export=false")
