@@ -59,7 +59,7 @@ def evaluate(embeddings: np.ndarray, labels: np.ndarray, ks: list[int], alphas: 
     `parts` (name -> sample indices) counts only the pairs within each part, e.g. one half of
     train to choose a setting on and the other to confirm it; default: all samples."""
     parts = parts or {"all": np.arange(len(labels))}
-    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    x = clustering.l2_normalize(embeddings)
     assigns, margins = clustering.cluster_levels(x.astype(np.float32), ks, backend, seed)
     previous, _ = clustering.cluster_levels(x.astype(np.float32), ks, backend, seed + 1)
     rows = []
@@ -88,7 +88,7 @@ def neighbour_quantiles(embeddings: np.ndarray, labels: np.ndarray, quantiles: l
     not symmetric, so pairs are counted per anchor, for `anchors` anchors sampled from each
     part (all their pairs in the part); "within_cluster" rows also require i and j to share a
     cluster of `coarsest` (the hierarchy's coarsest level, clustered on all samples)."""
-    x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    x = clustering.l2_normalize(embeddings)
     rng = np.random.default_rng(seed)
     rows = []
     for part, members in parts.items():
@@ -166,7 +166,7 @@ def main() -> None:
                        [[row[c] for c in columns] for row in rows])
     quantile_rows = []
     if args.quantiles:
-        x = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        x = clustering.l2_normalize(embeddings)
         coarsest = clustering.cluster_levels(x.astype(np.float32), [min(ks)], backend,
                                              args.seed)[0][0]
         quantile_rows = neighbour_quantiles(

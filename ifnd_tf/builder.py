@@ -55,10 +55,12 @@ def describe_step(moco: model.MomentumContrast, mode: str) -> str:
 
 
 def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
-                jit: bool = False) -> model.MomentumContrast:
+                jit: bool = False, labelled: bool = False) -> model.MomentumContrast:
     """Encoders, MoCo model and SGD with linear-scaled lr and cosine decay (call in scope);
-    jit: XLA for the step (the whole step on one replica, the per-replica part on several)."""
+    jit: XLA for the step (the whole step on one replica, the per-replica part on several);
+    labelled: the dataset has true labels (the quantile detector's diagnostics count them)."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    clusters = cfg.ifnd and cfg.fn_detector == losses.CLUSTERS
     key_groups = model.key_bn_groups(cfg.key_bn_splits, replicas)
     encoders = [model.build_encoder(cfg.backbone, cfg.image_size, cfg.width_multiplier,
                                     cfg.embedding_dim, cfg.sync_bn, bn_groups=groups)
@@ -69,9 +71,9 @@ def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
         fn_strategy=cfg.fn_strategy, fn_min_levels=cfg.fn_min_levels if cfg.ifnd else 1,
         key_bn_splits=cfg.key_bn_splits,
         weight_decay=cfg.weight_decay, seed=cfg.seed,
-        remember_keys=cfg.ifnd and cfg.cluster_features == pseudo_labels.TRAIN_KEYS,
+        remember_keys=clusters and cfg.cluster_features == pseudo_labels.TRAIN_KEYS,
         compile_per_replica=jit and replicas > 1,
-        fn_detector=cfg.fn_detector if cfg.ifnd else losses.CLUSTERS)
+        fn_detector=cfg.fn_detector if cfg.ifnd else losses.CLUSTERS, count_true_labels=labelled)
     moco.copy_query_to_key_encoder()
     schedule = keras.optimizers.schedules.CosineDecay(
         cfg.learning_rate * cfg.batch_size / 256, decay_steps=cfg.epochs * steps_per_epoch)

@@ -68,7 +68,8 @@ class KMeansSettings:
                                           self.threads, rule, previous, neighbours_k)
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -117,7 +118,7 @@ def _fit_sklearn(x: np.ndarray, init: np.ndarray, iterations: int) -> np.ndarray
     for _ in range(iterations):
         kmeans = KMeans(n_clusters=init.shape[0], init=centroids, n_init=1, max_iter=1,
                         algorithm="lloyd", tol=0.0)
-        centroids = _l2_normalize(kmeans.fit(x).cluster_centers_.astype(np.float32))
+        centroids = l2_normalize(kmeans.fit(x).cluster_centers_.astype(np.float32))
     return centroids
 
 
@@ -165,7 +166,7 @@ def fit_centroids(embeddings: np.ndarray, k: int, backend: str, seed: int, itera
     if sample_size < n:
         sample = embeddings[rng.choice(n, sample_size, replace=False)]
     init = kmeans_plus_plus_seeds(sample, k, rng)
-    return _l2_normalize(_FITTERS[backend](sample, init, iterations))
+    return l2_normalize(_FITTERS[backend](sample, init, iterations))
 
 
 def assign_with_confidence(embeddings: np.ndarray,
@@ -227,7 +228,7 @@ def hierarchical_pseudo_labels(embeddings: np.ndarray, ks: Sequence[int], alpha:
     made the default much slower on 2 busy cores (bench/README.md, "Clustering share").
     """
     with threadpoolctl.threadpool_limits(threads):
-        embeddings = _l2_normalize(np.asarray(embeddings, np.float32))
+        embeddings = l2_normalize(np.asarray(embeddings, np.float32))
         assigns, margins = cluster_levels(embeddings, ks, backend, seed, iterations,
                                           max_points_per_centroid)
         scores = confidence.scores(rule, assigns, margins, embeddings, previous, neighbours_k)

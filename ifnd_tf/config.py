@@ -299,7 +299,7 @@ def validate_against_data(num_examples: int, has_labels: bool = True) -> None:
            f"--fn_oracle needs true labels and --dataset={f.dataset} has none")
     _check(num_examples >= f.batch_size,
            f"--batch_size={f.batch_size} is larger than the dataset ({num_examples} examples)")
-    if f.ifnd:
+    if f.ifnd and f.fn_detector == losses.CLUSTERS:
         too_big = [k for k in cluster_counts() if k > num_examples]
         _check(not too_big, f"--num_clusters: k={too_big} larger than the dataset "
                             f"({num_examples} examples)")

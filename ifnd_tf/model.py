@@ -260,8 +260,9 @@ class MomentumContrast(keras.Model):
     pseudo-label matches the anchor's (fn_detector="clusters", the paper) or, with
     fn_detector="quantile", the anchor's `fn_fraction` most similar valid queue entries
     (losses.nearest_fraction_mask), take one SGD step on the query encoder, enqueue the keys
-    with their dataset indices. Given `set_true_labels` (diagnostics only, never trained on),
-    the quantile detector also counts how many masked entries share the anchor's true class.
+    with their dataset indices. With count_true_labels (diagnostics only: the loss never reads
+    them; `set_true_labels` fills them), the quantile detector also counts how many masked
+    entries share the anchor's true class.
 
     compile_per_replica: XLA-compile each replica's EMA update, key and query forward, loss and
     gradients (three compiled functions); the cross-replica ops between them (shuffle-BN
@@ -274,7 +275,8 @@ class MomentumContrast(keras.Model):
                  momentum: float = 0.999, fn_strategy: str = losses.ELIMINATION,
                  fn_min_levels: int = 1, key_bn_splits: int = 1, weight_decay: float = 1e-4,
                  seed: int = 0, remember_keys: bool = False, compile_per_replica: bool = False,
-                 fn_detector: str = losses.CLUSTERS, **kwargs):
+                 fn_detector: str = losses.CLUSTERS, count_true_labels: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.key_encoder = key_encoder
@@ -320,7 +322,8 @@ class MomentumContrast(keras.Model):
                                            aggregation=first, name="fn_fraction") if quantile else None
         self.true_labels = self.add_weight(
             shape=(num_examples,), initializer=keras.initializers.Constant(-1), dtype="int32",
-            trainable=False, aggregation=first, name="true_labels") if quantile else None
+            trainable=False, aggregation=first,
+            name="true_labels") if quantile and count_true_labels else None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="acc")
         # Under elimination the loss never sees the masked entries; top-1 among what it sees.
@@ -329,7 +332,7 @@ class MomentumContrast(keras.Model):
         self.spread_tracker = keras.metrics.Mean(name="key_spread")  # collapse watch
         # Quantile detector, per anchor: masked entries of its true class; queue entries of it.
         self.fn_trackers = [keras.metrics.Mean(name="fn_correct"),
-                            keras.metrics.Mean(name="fn_true")] if quantile else []
+                            keras.metrics.Mean(name="fn_true")] if self.true_labels is not None else []
         # The per-replica computation, XLA-compiled on request (docs/design.md "XLA"): it holds
         # no cross-replica op, which MirroredStrategy cannot run inside a compiled function.
         self.compiles_per_replica = compile_per_replica
@@ -402,7 +405,8 @@ class MomentumContrast(keras.Model):
     def _query_loss_and_gradients(self, view_q: tf.Tensor, keys: tf.Tensor,
                                   queue_keys: tf.Tensor, fn_mask: tf.Tensor, queue_valid: tf.Tensor):
         """(gradients of the query encoder's weights, this replica's mean loss, logits, the
-        false-negative mask used: `fn_mask`, or the quantile detector's from these logits)."""
+        false-negative mask used: `fn_mask`, or (None given) the quantile detector's from these
+        logits)."""
         variables = self.encoder.trainable_variables
         with tf.GradientTape() as tape:
             query = tf.cast(self.encoder(view_q, training=True)["embedding"], tf.float32)
@@ -420,7 +424,7 @@ class MomentumContrast(keras.Model):
     def set_true_labels(self, labels) -> None:
         """The true class of every example (-1 = unknown), for the quantile detector's
         precision / recall only: the loss never reads it."""
-        assert self.true_labels is not None, "only the quantile detector counts true labels"
+        assert self.true_labels is not None, "built without count_true_labels"
         self.true_labels.assign(tf.convert_to_tensor(labels, tf.int32))
 
     def set_pseudo_labels(self, labels) -> None:
@@ -437,9 +441,14 @@ class MomentumContrast(keras.Model):
 
     def queue_labels(self) -> tf.Tensor:
         """Current pseudo-labels [levels, queue] of the queue entries (-1 for empty slots)."""
-        ids = tf.convert_to_tensor(self.queue_ids)
-        looked_up = tf.gather(self.pseudo_labels, tf.maximum(ids, 0), axis=1)
-        return tf.where(ids[None, :] >= 0, looked_up, -1)
+        return self._queue_lookup(self.pseudo_labels, tf.convert_to_tensor(self.queue_ids))
+
+    @staticmethod
+    def _queue_lookup(table: tf.Tensor, queue_ids: tf.Tensor) -> tf.Tensor:
+        """Each queue entry's value in a per-example table [..., num_examples] (-1 for empty
+        slots)."""
+        looked_up = tf.gather(table, tf.maximum(queue_ids, 0), axis=-1)
+        return tf.where(queue_ids >= 0, looked_up, -1)
 
     def enqueue(self, keys: tf.Tensor, ids: tf.Tensor) -> None:
         """Replace the oldest entries (FIFO, wrapping) with the global batch of keys.
@@ -468,10 +477,9 @@ class MomentumContrast(keras.Model):
                                     fn_mask: tf.Tensor) -> None:
         """Per anchor: masked entries of its true class, valid entries of its true class (the
         epoch means give precision = fn_correct / masked and recall = fn_correct / fn_true)."""
-        anchor = tf.gather(self.true_labels, index)
-        entry = tf.where(queue_ids >= 0, tf.gather(self.true_labels, tf.maximum(queue_ids, 0)), -1)
-        same = tf.logical_and(tf.equal(anchor[:, None], entry[None, :]),
-                              tf.logical_and(anchor[:, None] >= 0, entry[None, :] >= 0))
+        table = tf.convert_to_tensor(self.true_labels)
+        same = losses.false_negative_mask(tf.gather(table, index)[None],  # same known class
+                                          self._queue_lookup(table, queue_ids)[None])
         correct, true = self.fn_trackers
         correct.update_state(tf.reduce_sum(tf.cast(tf.logical_and(same, fn_mask), tf.float32), 1))
         true.update_state(tf.reduce_sum(tf.cast(same, tf.float32), 1))
@@ -485,8 +493,8 @@ class MomentumContrast(keras.Model):
         if self.fn_detector == losses.CLUSTERS:
             fn_mask = losses.false_negative_mask(tf.gather(self.pseudo_labels, index, axis=1),
                                                  self.queue_labels(), self.fn_min_levels)
-        else:  # the quantile detector masks from the step's own similarities
-            fn_mask = tf.zeros([tf.shape(index)[0], tf.shape(queue_ids)[0]], tf.bool)
+        else:
+            fn_mask = None  # the quantile detector masks from the step's own similarities
         grads, loss, logits, fn_mask = self._query_step(
             view_q, keys, tf.convert_to_tensor(self.queue_keys), fn_mask, queue_ids >= 0)
         if self.fn_trackers:

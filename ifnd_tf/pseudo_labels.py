@@ -86,7 +86,7 @@ class PseudoLabelCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.quantile is not None and self.true_labels is not None:
-            self.model.set_true_labels(self.true_labels)
+            self.model.set_true_labels(self.true_labels)  # the model counts them (labelled)
 
     def on_epoch_begin(self, epoch, logs=None):
         alpha = self.schedule.alpha(epoch)

@@ -78,7 +78,8 @@ def run() -> str | None:
     steps = cfg.steps_per_epoch or source.num_examples // cfg.batch_size
     with strategy.scope():
         moco = builder.build_model(cfg, source.num_examples, steps,
-                                   builder.use_jit(cfg.jit_compile, strategy, cfg.deterministic))
+                                   builder.use_jit(cfg.jit_compile, strategy, cfg.deterministic),
+                                   labelled=source.labels is not None)
         manager, position = restore_latest(moco, run_dir, cfg.model_dir, cfg.keep_checkpoints)
     print(builder.describe_step(moco, cfg.jit_compile), flush=True)
     phases = preemption.fit_phases(int(position.step.numpy()), steps, cfg.epochs)

@@ -92,7 +92,7 @@ def test_k_larger_than_dataset_names_the_flag():
 def test_subsampling_caps_the_training_set():
     points, truth = _separated_blobs(num_clusters=4, per_cluster=500)
     centroids = clustering.fit_centroids(points, 4, "tf", seed=0, max_points_per_centroid=20)
-    assign, _ = clustering.assign_with_confidence(clustering._l2_normalize(points), centroids)
+    assign, _ = clustering.assign_with_confidence(clustering.l2_normalize(points), centroids)
     assert adjusted_rand_score(truth, assign) == pytest.approx(1.0)
 
 
@@ -115,9 +115,9 @@ def test_sklearn_backend_is_spherical_like_faiss_and_tf():
         centroids = clustering.fit_centroids(points, 2, backend, seed=0)
         np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, rtol=1e-5)
     # The same seeds and the same spherical Lloyd steps: sklearn and tf land on one answer.
-    unit = clustering._l2_normalize(points)
+    unit = clustering.l2_normalize(points)
     unit += 0.3 * rng.normal(size=unit.shape).astype(np.float32)
-    unit = clustering._l2_normalize(unit)
+    unit = clustering.l2_normalize(unit)
     np.testing.assert_allclose(clustering.fit_centroids(unit, 2, "sklearn", seed=3, iterations=5),
                                clustering.fit_centroids(unit, 2, "tf", seed=3, iterations=5),
                                atol=1e-4)
@@ -126,7 +126,7 @@ def test_sklearn_backend_is_spherical_like_faiss_and_tf():
 def test_tf_backend_reseeds_an_empty_cluster_at_the_worst_fit_point():
     # Two seeds on the same point: one cluster gets every point, the other none. The empty
     # one moves to the point farthest from its centroid instead of staying where it was.
-    points = clustering._l2_normalize(np.array(
+    points = clustering.l2_normalize(np.array(
         [[1.0, 0.0], [0.99, 0.1], [0.98, -0.1], [0.0, 1.0]], np.float32))
     init = np.stack([points[0], points[0]])
     centroids = clustering._fit_tf(points, init, iterations=1)

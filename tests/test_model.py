@@ -356,7 +356,7 @@ def test_per_replica_xla_steps_match_uncompiled_steps_on_two_replicas(two_replic
     assert models[1].compiles_per_replica and not models[1].jit_compile
     np.testing.assert_allclose(histories[1]["loss"], histories[0]["loss"], rtol=1e-4)
     assert histories[1]["masked"] == histories[0]["masked"]
-    if fn_detector == "quantile":  # 1/4 of the 16 keys of step 1 and the 32 of steps 2-3
+    if fn_detector == "quantile":  # none at step 1 (empty queue), 1/4 of 16 then of 32
         assert histories[0]["masked"][0] == pytest.approx((0 + 4 + 8) / 3)
     for a, b in zip(models[0].get_weights(), models[1].get_weights()):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
@@ -401,20 +401,45 @@ def test_quantile_detector_masks_that_fraction_of_the_filled_queue(fraction, mas
     assert history.history["masked"][0] == pytest.approx(masked)
 
 
+def test_quantile_detector_masks_each_anchors_most_similar_valid_entries():
+    moco = _compiled(_moco(num_examples=16, queue_size=8, fn_detector="quantile"))
+    moco.enqueue(tf.math.l2_normalize(tf.random.normal([4, 4], seed=1), 1), tf.range(4))
+    moco.fn_fraction.assign(0.5)  # 2 of the 4 filled slots per anchor
+    _, view_q, _ = next(iter(_one_step_data(batch=6)))
+    keys = tf.math.l2_normalize(tf.random.normal([6, 4], seed=2), 1)
+    queue_ids = tf.convert_to_tensor(moco.queue_ids)
+    *_, logits, fn_mask = moco._query_loss_and_gradients(
+        view_q, keys, tf.convert_to_tensor(moco.queue_keys), None, queue_ids >= 0)
+    similarities = logits.numpy()[:, 1:]
+    expected = np.zeros_like(fn_mask.numpy())
+    for row, top in zip(expected, np.argsort(-similarities[:, :4], axis=1)[:, :2]):
+        row[top] = True  # the two most similar of the filled slots 0-3
+    np.testing.assert_array_equal(fn_mask.numpy(), expected)
+
+
 def test_quantile_detector_counts_masked_entries_of_the_anchors_true_class():
-    moco = _moco(num_examples=8, queue_size=4, fn_detector="quantile")
+    moco = _moco(num_examples=8, queue_size=5, fn_detector="quantile", count_true_labels=True)
     moco.set_true_labels([0, 0, 0, 1, 1, 1, -1, 1])
-    queue_ids = tf.constant([1, 3, 6, -1])  # classes 0, 1, unknown; an empty slot
-    fn_mask = tf.constant([[True, True, False, False],  # anchor 0 (class 0): 1 of 2 right
-                           [False, True, True, False]])  # anchor 5 (class 1): 1 of 2 right
-    moco._count_true_false_negatives(tf.constant([0, 5]), queue_ids, fn_mask)
+    queue_ids = tf.constant([1, 2, 3, 6, -1])  # classes 0, 0, 1, unknown; an empty slot
+    fn_mask = tf.constant([[True, False, True, True, False],  # anchor 0 (class 0): 1 right of 2
+                           [False, False, True, False, True],  # anchor 5 (class 1): 1 of 1
+                           [True] * 5])  # anchor 6, class unknown: nothing counts
+    moco._count_true_false_negatives(tf.constant([0, 5, 6]), queue_ids, fn_mask)
     correct, true = (tracker.result().numpy() for tracker in moco.fn_trackers)
-    assert correct == pytest.approx(1.0)  # per anchor
-    assert true == pytest.approx(1.0)  # each anchor has one queue entry of its class
+    assert correct == pytest.approx((1 + 1 + 0) / 3)  # per anchor
+    assert true == pytest.approx((2 + 1 + 0) / 3)
+
+
+def test_quantile_detector_without_labels_counts_nothing():
+    moco = _moco(num_examples=8, queue_size=8, fn_detector="quantile")
+    assert moco.true_labels is None and moco.fn_trackers == []
+    assert [m.name for m in moco.metrics] == ["loss", "acc", "acc_without_fn", "masked",
+                                              "key_spread"]
 
 
 def test_quantile_detector_epochs_log_precision_and_recall():
-    moco = _compiled(_moco(num_examples=8, queue_size=8, fn_detector="quantile"))
+    moco = _compiled(_moco(num_examples=8, queue_size=8, fn_detector="quantile",
+                           count_true_labels=True))
     moco.enqueue(tf.math.l2_normalize(tf.random.normal([8, 4]), 1), tf.range(8))
     callback = pseudo_labels.PseudoLabelCallback(
         None, clustering.AcceptanceSchedule(2, 1), clustering.KMeansSettings((2,)), seed=0,
