@@ -60,7 +60,6 @@ def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
     jit: XLA for the step (the whole step on one replica, the per-replica part on several);
     labelled: the dataset has true labels (the quantile detector's diagnostics count them)."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    clusters = cfg.ifnd and cfg.fn_detector == losses.CLUSTERS
     key_groups = model.key_bn_groups(cfg.key_bn_splits, replicas)
     encoders = [model.build_encoder(cfg.backbone, cfg.image_size, cfg.width_multiplier,
                                     cfg.embedding_dim, cfg.sync_bn, bn_groups=groups)
@@ -71,7 +70,7 @@ def build_model(cfg: RunConfig, num_examples: int, steps_per_epoch: int,
         fn_strategy=cfg.fn_strategy, fn_min_levels=cfg.fn_min_levels if cfg.ifnd else 1,
         key_bn_splits=cfg.key_bn_splits,
         weight_decay=cfg.weight_decay, seed=cfg.seed,
-        remember_keys=clusters and cfg.cluster_features == pseudo_labels.TRAIN_KEYS,
+        remember_keys=cfg.detects_by_clusters and cfg.cluster_features == pseudo_labels.TRAIN_KEYS,
         compile_per_replica=jit and replicas > 1,
         fn_detector=cfg.fn_detector if cfg.ifnd else losses.CLUSTERS, count_true_labels=labelled)
     moco.copy_query_to_key_encoder()
@@ -134,7 +133,7 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
     knn_on = bool(cfg.knn_every) and source.labels is not None
     subset = data.fixed_subset(source.num_examples, cfg.knn_max_train, cfg.seed) if knn_on else None
     query_pass = None  # the kNN monitor's query-encoder pass, its embeddings kept for the clustering
-    clusters = cfg.ifnd and cfg.fn_detector == losses.CLUSTERS
+    clusters = cfg.detects_by_clusters
     if clusters and cfg.cluster_features == pseudo_labels.QUERY_VIEW and knn_on and subset is None:
         query_pass = embedding.SharedPass(
             embedding.DatasetEmbedder(moco.encoder, moco.distribute_strategy, train_views,

@@ -431,6 +431,11 @@ class RunConfig:
         return cls(**{**values, "num_clusters": ks})
 
     @property
+    def detects_by_clusters(self) -> bool:
+        """IFND with the paper's detector: a clustering pass and a pseudo-label table."""
+        return self.ifnd and self.fn_detector == losses.CLUSTERS
+
+    @property
     def num_levels(self) -> int:
         """Rows of the pseudo-label table: one per hierarchy level (1 for plain MoCo)."""
         return len(self.num_clusters) if self.ifnd else 1
