@@ -29,8 +29,6 @@ import statistics
 import subprocess
 import sys
 
-from absl import app
-
 from ifnd_tf import callbacks, cli, config
 from ifnd_tf.config import FLAGS
 
@@ -241,4 +239,4 @@ main = cli.main("ifnd_tf.compare", run_from_command_line, expected=(StepError,))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -10,9 +10,9 @@ from ifnd_tf import runtime
 
 def _run(module: str) -> None:
     runtime.prepare()
-    from absl import app
+    from ifnd_tf import cli
 
-    app.run(importlib.import_module(module).main)
+    cli.run(importlib.import_module(module).main)
 
 
 def train() -> None:

@@ -17,7 +17,6 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
 
 import keras
 import tensorflow as tf
-from absl import app
 
 from ifnd_tf import cli, config, data, evaluate
 from ifnd_tf.config import FLAGS
@@ -71,4 +70,4 @@ def run() -> dict:
 main = cli.main("ifnd_tf.finetune", run)
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

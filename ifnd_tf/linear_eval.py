@@ -20,7 +20,6 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app
 
 from ifnd_tf import cli, data, evaluate
 from ifnd_tf.config import FLAGS
@@ -109,4 +108,4 @@ def run() -> dict:
 main = cli.main("ifnd_tf.linear_eval", run)
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

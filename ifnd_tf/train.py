@@ -15,7 +15,6 @@ import sys
 
 import keras
 import tensorflow as tf
-from absl import app
 
 from ifnd_tf import builder, cli, config, data, distribute, export, model, preemption, run_directory
 from ifnd_tf.config import FLAGS
@@ -108,4 +107,4 @@ main = cli.main("ifnd_tf.train", run, expected=(OSError,))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

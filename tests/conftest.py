@@ -63,18 +63,25 @@ def run_smoke(module: str, model_dir, *extra, timeout: int = 600):
                    timeout=timeout)
 
 
-def event_tags(folder) -> set[str]:
-    """Every tag (scalars and images) in the TensorBoard event files of `folder`."""
+def event_steps(folder) -> dict[str, list[int]]:
+    """tag (scalars and images) -> the steps it was written at, in the TensorBoard event files
+    of `folder`."""
     from tensorboard.backend.event_processing import event_accumulator
 
-    tags = set()
+    steps = {}
     for path in sorted(os.listdir(folder)):
         if path.startswith("events.out.tfevents."):
             events = event_accumulator.EventAccumulator(os.path.join(folder, path),
                                                         size_guidance={"tensors": 0})
             events.Reload()
-            tags |= set(events.Tags()["tensors"])
-    return tags
+            for tag in events.Tags()["tensors"]:
+                steps.setdefault(tag, []).extend(e.step for e in events.Tensors(tag))
+    return steps
+
+
+def event_tags(folder) -> set[str]:
+    """Every tag (scalars and images) in the TensorBoard event files of `folder`."""
+    return set(event_steps(folder))
 
 
 def read_metrics_csv(model_dir) -> list[dict[str, float]]:

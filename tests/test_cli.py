@@ -1,4 +1,9 @@
+import os
+import subprocess
+import sys
+
 import pytest
+from conftest import ROOT
 
 from ifnd_tf import cli, errors
 
@@ -26,3 +31,32 @@ def test_a_command_adds_its_own_errors_and_bugs_keep_their_traceback():
         cli.main("ifnd_tf.compare", failing_step, expected=(StepError,))([])
     with pytest.raises(KeyError):
         cli.main("ifnd_tf.x", lambda: {}["missing"])([])
+
+
+def _command(main_body: str) -> subprocess.CompletedProcess:
+    """A command ending through cli.run, with an atexit handler and unflushed output to a pipe."""
+    code = ("import atexit, sys\n"
+            "from ifnd_tf import cli\n"
+            "atexit.register(lambda: print('atexit handler ran'))\n"
+            "def main(argv):\n"
+            f"    {main_body}\n"
+            "cli.run(main)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered
+    return subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_run_ends_a_successful_command_with_its_output_and_exit_handlers():
+    result = _command("print('result line', end='')")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "result lineatexit handler ran\n"
+
+
+@pytest.mark.parametrize("body, code, stderr", [
+    ("sys.exit('ifnd_tf.x: error: --epochs must be >= 1')", 1, "ifnd_tf.x: error: --epochs must be >= 1\n"),
+    ("sys.exit(75)", 75, ""),
+])
+def test_run_leaves_errors_and_other_exit_codes_to_the_usual_exit(body, code, stderr):
+    result = _command(body)
+    assert (result.returncode, result.stderr) == (code, stderr)
+    assert result.stdout == "atexit handler ran\n"

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from conftest import (
     ROOT,
+    event_steps,
     event_tags,
     lock_holder,
     read_metrics_csv,
@@ -54,6 +55,9 @@ def test_smoke_run_writes_checkpoints_flags_and_tensorboard(smoke_run):
             "epoch_lr"} <= event_tags(model_dir / "logs" / "train")
     assert {"ifnd/alpha", "ifnd/fn_precision", "ifnd/fn_recall", "ifnd/accepted_k10",
             "ifnd/largest_cluster_k20"} <= event_tags(model_dir / "logs" / "ifnd")
+    # The last epoch's events are on disk, though the process skips Python's teardown (cli.run).
+    assert event_steps(model_dir / "logs" / "train")["epoch_loss"] == [0, 1, 2]
+    assert event_steps(model_dir / "logs" / "diagnostics")["diagnostics/curves"] == [0, 1, 2]
 
 
 def test_warmup_logs_no_detection_and_acc_is_unmasked(smoke_run):
