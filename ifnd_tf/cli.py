@@ -32,16 +32,20 @@ def run(absl_main: Callable[[list[str]], None]) -> None:
 
     Freeing TensorFlow's Python objects at interpreter exit takes ~2 s after every command, with
     nothing left to write (docs/design.md, "Fast exit"). After a successful main the atexit
-    handlers run, Python's and C's output buffers are flushed, and os._exit(0) ends the process;
-    an error or another exit code (a bad flag, pre-emption) exits the usual way.
+    handlers run, Python's and C's output buffers are flushed, and os._exit(0) ends the process.
+    An error, another exit code (a bad flag, pre-emption) or a member of a TF cluster
+    (TF_CONFIG: its coordination service says goodbye during teardown) exits the usual way.
     """
     try:
         app.run(absl_main)
     except SystemExit as stop:
-        if stop.code not in (None, 0):
+        if stop.code not in (None, 0) or os.environ.get("TF_CONFIG"):
             raise
     atexit._run_exitfuncs()  # what a normal exit runs first (logging's flush, TF's hooks)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # e.g. a closed pipe: Python's own exit code for it
+        os._exit(120)
     ctypes.CDLL(None).fflush(None)  # C stdio, e.g. ONEDNN_VERBOSE's lines into a pipe
     os._exit(0)

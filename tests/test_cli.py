@@ -33,23 +33,26 @@ def test_a_command_adds_its_own_errors_and_bugs_keep_their_traceback():
         cli.main("ifnd_tf.x", lambda: {}["missing"])([])
 
 
-def _command(main_body: str) -> subprocess.CompletedProcess:
-    """A command ending through cli.run, with an atexit handler and unflushed output to a pipe."""
-    code = ("import atexit, sys\n"
+def _command(main_body: str, **env) -> subprocess.CompletedProcess:
+    """A command ending through cli.run: an atexit handler, output block-buffered into a pipe,
+    and a non-daemon thread still sleeping when main returns (a normal exit waits for it)."""
+    code = ("import atexit, sys, threading, time\n"
             "from ifnd_tf import cli\n"
             "atexit.register(lambda: print('atexit handler ran'))\n"
             "def main(argv):\n"
+            "    threading.Thread(target=lambda: (time.sleep(1), print('thread ended'))).start()\n"
             f"    {main_body}\n"
             "cli.run(main)\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered
+    env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "TF_CONFIG")},
+           **env}
     return subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
-def test_run_ends_a_successful_command_with_its_output_and_exit_handlers():
+def test_run_ends_a_successful_command_at_once_with_its_output_and_exit_handlers():
     result = _command("print('result line', end='')")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "result lineatexit handler ran\n"
+    assert result.stdout == "result lineatexit handler ran\n"  # the thread was not waited for
 
 
 @pytest.mark.parametrize("body, code, stderr", [
@@ -59,4 +62,12 @@ def test_run_ends_a_successful_command_with_its_output_and_exit_handlers():
 def test_run_leaves_errors_and_other_exit_codes_to_the_usual_exit(body, code, stderr):
     result = _command(body)
     assert (result.returncode, result.stderr) == (code, stderr)
-    assert result.stdout == "atexit handler ran\n"
+    assert result.stdout == "thread ended\natexit handler ran\n"
+
+
+def test_run_keeps_tracebacks_and_the_usual_exit_of_cluster_members():
+    failed = _command("raise KeyError('bug')")
+    assert failed.returncode == 1 and "Traceback" in failed.stderr and "KeyError: 'bug'" in failed.stderr
+    member = _command("print('done')", TF_CONFIG='{"cluster": {}}')
+    assert member.returncode == 0, member.stderr
+    assert member.stdout == "done\nthread ended\natexit handler ran\n"

@@ -55,7 +55,8 @@ def test_two_workers_train_to_identical_weights_and_labels(tmp_path):
         processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
     outputs = [p.communicate(timeout=400)[0] for p in processes]
-    assert processes[0].returncode == 0, outputs[0][-3000:]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
     assert "IFND epoch 2: alpha=1" in outputs[0] and "IFND epoch 2: alpha=1" in outputs[1]
     for index, output in enumerate(outputs):  # each read only its share (tests/test_data.py)
         first = 32 * index

@@ -58,6 +58,7 @@ def test_smoke_run_writes_checkpoints_flags_and_tensorboard(smoke_run):
     # The last epoch's events are on disk, though the process skips Python's teardown (cli.run).
     assert event_steps(model_dir / "logs" / "train")["epoch_loss"] == [0, 1, 2]
     assert event_steps(model_dir / "logs" / "diagnostics")["diagnostics/curves"] == [0, 1, 2]
+    assert event_steps(model_dir / "logs" / "ifnd")["ifnd/alpha"] == [0, 1, 2]
 
 
 def test_warmup_logs_no_detection_and_acc_is_unmasked(smoke_run):
