@@ -15,8 +15,9 @@ demo: install data
 	$(PY) -m ifnd_tf.train --flagfile=flags/fashion_mnist.cfg
 
 # Two workers, one per core: most e2e tests wait on a subprocess's start-up (docs/design.md, "Tests").
+# Whole modules per worker, longest first (tests/conftest.py, LONGEST_MODULES).
 test: install data
-	$(PY) -m pytest -q -n 2 --dist loadscope
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder
 
 install: $(VENV)/.installed
 

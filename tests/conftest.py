@@ -35,6 +35,23 @@ def pytest_configure(config):
     flags.FLAGS.mark_as_parsed()  # library code reads flag defaults; tests override via flagsaver
 
 
+# The modules with the longest runs, longest first (seconds in one fresh-clone run: docs/results.md,
+# "Test suite"). make test hands whole modules to its two xdist workers in collection order
+# (--no-loadscope-reorder); the long ones first lets the short ones fill the gaps at the end
+# instead of one module running alone while the other worker idles.
+LONGEST_MODULES = ("test_train.py", "test_compare.py", "test_model.py", "test_train_imagenet.py",
+                   "test_linear_eval.py", "test_runtime.py", "test_data.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """LONGEST_MODULES first, in that order; every other module after them, as collected."""
+    def rank(item):
+        name = os.path.basename(str(item.path))
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)  # stable: each module's tests keep their order
+
+
 # One strategy object per process: several two-device strategies in one process reuse
 # collective instance keys and abort ("Collective instance 100 expected type ...").
 @pytest.fixture(scope="session")
