@@ -1,11 +1,12 @@
 """Step cost of IFND: the train step with a full false-negative mask vs an empty one.
 
 Same model, same cached batch, one process, variants alternated round by round. Also XLA
-on/off, bfloat16 mixed precision on/off, and writing each key into the train_keys table
-(--cluster_features=train_keys) on/off (separate models of the same architecture).
+on/off, bfloat16 mixed precision on/off, writing each key into the train_keys table
+(--cluster_features=train_keys) on/off, and the crop size (--crop_sizes, e.g. the demo's 24 px
+against 28 px) (separate models of the same architecture).
 
     python -m bench.step                       # small net + ResNet-18 CIFAR, IFND on/off
-    python -m bench.step --variants=ifnd,jit,mixed_precision,train_keys --backbones=small
+    python -m bench.step --variants=ifnd,jit,mixed_precision,train_keys,crop --backbones=small
 """
 if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
     from ifnd_tf import runtime
@@ -26,30 +27,35 @@ SETUPS = {"small": (28, 0.5, 256), "resnet18_cifar": (32, 1.0, 64)}
 KS = (10, 20, 50)
 
 
-def _variant_models(kind: str, backbone: str, batch: int, strategy) -> dict:
-    """name -> (model, jit) pairs whose steps are compared by `kind`."""
+def _variant_models(kind: str, backbone: str, batch: int, strategy,
+                    crop_sizes: tuple[int, int]) -> dict:
+    """name -> (model, image size) of the models whose steps are compared by `kind`."""
     image_size, width, _ = SETUPS[backbone]
     cfg = common.model_config(backbone, image_size, batch, width)
+
+    def build(jit=False, **changes):
+        return common.build_moco(dataclasses.replace(cfg, **changes), jit, strategy,
+                                 common.NUM_EXAMPLES), changes.get("image_size", image_size)
+
     if kind == "ifnd":
-        return {"base": common.build_moco(cfg, False, strategy, common.NUM_EXAMPLES)}
+        return {"base": build()}
     if kind == "jit":
-        return {"jit off": common.build_moco(cfg, False, strategy, common.NUM_EXAMPLES),
-                "jit on": common.build_moco(cfg, True, strategy, common.NUM_EXAMPLES)}
+        return {"jit off": build(), "jit on": build(jit=True)}
     if kind == "train_keys":
-        return {name: common.build_moco(dataclasses.replace(cfg, cluster_features=name), False,
-                                         strategy, common.NUM_EXAMPLES)
-                for name in pseudo_labels.CLUSTER_FEATURES}
-    bf16 = dataclasses.replace(cfg, mixed_precision="bfloat16")
-    return {"float32": common.build_moco(cfg, False, strategy, common.NUM_EXAMPLES),
-            "mixed bfloat16": common.build_moco(bf16, False, strategy, common.NUM_EXAMPLES)}
+        return {name: build(cluster_features=name) for name in pseudo_labels.CLUSTER_FEATURES}
+    if kind == "crop":
+        return {f"{size} px": build(image_size=size) for size in crop_sizes}
+    return {"float32": build(), "mixed bfloat16": build(mixed_precision="bfloat16")}
 
 
-def _runners(kind: str, backbone: str, batch: int, steps: int, strategy) -> dict:
+def _runners(kind: str, backbone: str, batch: int, steps: int, strategy,
+             crop_sizes: tuple[int, int]) -> dict:
     """name -> callable timing `steps` steps; IFND toggles the label table of one model."""
-    image_size = SETUPS[backbone][0]
-    data = common.random_batch(batch, image_size, common.NUM_EXAMPLES)
-    models = _variant_models(kind, backbone, batch, strategy)
-    runs = {name: common.step_runner(m, data, strategy) for name, m in models.items()}
+    built = _variant_models(kind, backbone, batch, strategy, crop_sizes)
+    models = {name: m for name, (m, _) in built.items()}
+    runs = {name: common.step_runner(m, common.random_batch(batch, size, common.NUM_EXAMPLES),
+                                     strategy)
+            for name, (m, size) in built.items()}
     for name, m in models.items():
         common.fill_pseudo_labels(m, KS)
         runs[name](2)  # trace / compile, warm up
@@ -67,9 +73,11 @@ def _runners(kind: str, backbone: str, batch: int, steps: int, strategy) -> dict
             "IFND on (full mask)": with_labels(lambda m: common.fill_pseudo_labels(m, KS))}
 
 
-def measure(kind: str, backbone: str, batch: int, steps: int, rounds: int, strategy) -> dict:
+def measure(kind: str, backbone: str, batch: int, steps: int, rounds: int, strategy,
+            crop_sizes: tuple[int, int] = (28, 24)) -> dict:
     """Median seconds / step and images / s of each variant, and the paired ratio of the two."""
-    seconds = common.alternate(_runners(kind, backbone, batch, steps, strategy), rounds)
+    seconds = common.alternate(_runners(kind, backbone, batch, steps, strategy, crop_sizes),
+                               rounds)
     (name_a, a), (name_b, b) = seconds.items()
     return {"kind": kind, "backbone": backbone, "batch": batch, "steps_per_round": steps,
             "rounds": rounds, "seconds": seconds,
@@ -82,8 +90,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default="small,resnet18_cifar")
     parser.add_argument("--variants", default="ifnd,jit,mixed_precision,train_keys",
-                        help="ifnd, jit, mixed_precision, train_keys (all but ifnd: small only "
-                             "unless --all_backbones)")
+                        help="ifnd, jit, mixed_precision, train_keys, crop (all but ifnd: small "
+                             "only unless --all_backbones)")
+    parser.add_argument("--crop_sizes", default="28,24",
+                        help="the two image sizes of --variants=crop (A, B)")
     parser.add_argument("--all_backbones", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", default="small:8,resnet18_cifar:2",
@@ -94,6 +104,7 @@ def main() -> None:
     common.set_threads(args.threads)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])  # as train.py on one CPU replica
     steps = {k: int(v) for k, v in (item.split(":") for item in args.steps.split(","))}
+    crop_sizes = tuple(int(v) for v in args.crop_sizes.split(","))
     results = []
     for backbone in args.backbones.split(","):
         for kind in args.variants.split(","):
@@ -101,7 +112,7 @@ def main() -> None:
                 continue
             print(f"measuring {kind} on {backbone} ...", flush=True)
             results.append(measure(kind, backbone, SETUPS[backbone][2], steps[backbone],
-                                   args.rounds, strategy))
+                                   args.rounds, strategy, crop_sizes))
     rows = [[r["backbone"], r["batch"], r["ratio_of"],
              *(f"{name}: {v:.0f}" for name, v in r["images_per_s"].items()), r["ratio"],
              r["ratio_of_medians"]]
