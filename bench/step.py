@@ -2,8 +2,8 @@
 
 Same model, same cached batch, one process, variants alternated round by round. Also XLA
 on/off, bfloat16 mixed precision on/off, writing each key into the train_keys table
-(--cluster_features=train_keys) on/off, and the crop size (--crop_sizes, e.g. the demo's 24 px
-against 28 px) (separate models of the same architecture).
+(--cluster_features=train_keys) on/off, and the crop size (--crop_sizes: the demo's 28 px
+against 24 px) (separate models of the same architecture).
 
     python -m bench.step                       # small net + ResNet-18 CIFAR, IFND on/off
     python -m bench.step --variants=ifnd,jit,mixed_precision,train_keys,crop --backbones=small
@@ -74,7 +74,7 @@ def _runners(kind: str, backbone: str, batch: int, steps: int, strategy,
 
 
 def measure(kind: str, backbone: str, batch: int, steps: int, rounds: int, strategy,
-            crop_sizes: tuple[int, int] = (28, 24)) -> dict:
+            crop_sizes: tuple[int, int]) -> dict:
     """Median seconds / step and images / s of each variant, and the paired ratio of the two."""
     seconds = common.alternate(_runners(kind, backbone, batch, steps, strategy, crop_sizes),
                                rounds)
