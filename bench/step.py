@@ -104,7 +104,12 @@ def main() -> None:
     common.set_threads(args.threads)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])  # as train.py on one CPU replica
     steps = {k: int(v) for k, v in (item.split(":") for item in args.steps.split(","))}
-    crop_sizes = tuple(int(v) for v in args.crop_sizes.split(","))
+    try:
+        crop_sizes = tuple(int(v) for v in args.crop_sizes.split(","))
+    except ValueError:
+        crop_sizes = ()
+    if len(crop_sizes) != 2 or min(crop_sizes) < 1:
+        parser.error(f"--crop_sizes: two positive image sizes A,B, got {args.crop_sizes!r}")
     results = []
     for backbone in args.backbones.split(","):
         for kind in args.variants.split(","):
