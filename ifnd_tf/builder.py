@@ -116,7 +116,7 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
     initial_epoch = phase.first_epoch
     resumed_epoch = initial_epoch if phase.start_step % steps else None  # resumed mid-epoch
     saver = preemption.StepCheckpointer(manager, position, steps, phase.start_step,
-                                        cfg.checkpoint_every_steps, stop)
+                                        cfg.checkpoint_every_steps, stop, lock_dir=run_dir)
     result = [callbacks.EpochTimer(),  # first: the epoch time includes the clustering pass
               callbacks.StopOnNonFiniteLoss(manager, steps),
               preemption.ResumeMetrics(position, resumed_epoch)]

@@ -8,7 +8,7 @@ import time
 import keras
 import tensorflow as tf
 
-from ifnd_tf.errors import DivergenceError
+from ifnd_tf.errors import DivergenceError, RunDirError
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -83,7 +83,11 @@ class MetricsCsv(keras.callbacks.Callback):
 
 def read_metrics(path: str) -> list[dict[str, float]]:
     """Rows of a metrics.csv as {column: value} with a 1-based `epoch`; cells that hold no
-    number (nan, NA, empty: not measured that epoch) are left out."""
+    number (nan, NA, empty: not measured that epoch) are left out.
+
+    One writer keeps one row per epoch, in order (MetricsCsv); rows out of order mean two
+    processes wrote the run, and its numbers are refused rather than read from the wrong row.
+    """
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -99,6 +103,10 @@ def read_metrics(path: str) -> list[dict[str, float]]:
             if math.isfinite(value):
                 record[column] = value
         record["epoch"] = int(record["epoch"]) + 1
+        if history and record["epoch"] != history[-1]["epoch"] + 1:
+            raise RunDirError(f"{path}: line {len(history) + 2} has epoch {row['epoch']} after "
+                              f"epoch {history[-1]['epoch'] - 1}: two processes wrote this run "
+                              "directory; its metrics cannot be trusted")
         history.append(record)
     return history
 

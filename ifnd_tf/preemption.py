@@ -152,12 +152,14 @@ class StepCheckpointer(keras.callbacks.Callback):
     Put it after the callbacks that log an epoch (metrics.csv): a run killed between the row
     and the save redoes the epoch, and MetricsCsv drops the row. `hold()` true (e.g. while the
     embedding looks collapsed) skips saves, so the last good checkpoint stays the newest.
+    Before each save it checks this process still holds `lock_dir`'s writer lock.
     """
 
     def __init__(self, manager: tf.train.CheckpointManager, position: RunPosition,
                  steps_per_epoch: int, start_step: int, every_steps: int, stop: StopRequest,
-                 hold=lambda: False):
+                 hold=lambda: False, lock_dir: str | None = None):
         super().__init__()
+        self.lock_dir = lock_dir
         self.manager = manager
         self.position = position
         self.steps_per_epoch = steps_per_epoch
@@ -181,6 +183,8 @@ class StepCheckpointer(keras.callbacks.Callback):
     def _save(self) -> None:
         if self.hold():
             return
+        if self.lock_dir is not None:
+            run_directory.check_lock_held(self.lock_dir)  # never two writers of one run
         self.position.record(self.step, self.steps_per_epoch)
         try:
             self.manager.save(checkpoint_number=self.step)

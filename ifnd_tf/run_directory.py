@@ -56,6 +56,30 @@ def acquire_lock(directory: str) -> str:
     return path
 
 
+def check_lock_held(directory: str) -> None:
+    """Raise RunDirError if this process took directory's lock and its file was since removed
+    or replaced (nothing to check if it never took it).
+
+    flock locks the file, not its name: once `lock` is deleted (say, taken for a stale one), a
+    second process can lock a new file of that name and both write the run directory, their
+    checkpoints and metrics.csv rows interleaved. The checkpoint saver calls this before each
+    save, so such a run stops with its previous checkpoints intact.
+    """
+    path = os.path.realpath(os.path.join(directory, LOCK_FILE))
+    if path not in _held_locks:
+        return
+    held = os.fstat(_held_locks[path])
+    try:
+        named = os.stat(path)
+    except OSError:
+        named = None
+    if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+        raise RunDirError(f"{path} was removed or replaced while this run held it; another "
+                          f"process may be writing {directory}: stopped, the checkpoints "
+                          "already written are kept")
+
+
+
 def _read_holder(descriptor: int) -> str:
     """'pid <pid> host <host>' from the lock file (the holder may be writing it just now)."""
     for _ in range(20):

@@ -54,3 +54,13 @@ def test_read_metrics_skips_cells_without_a_number(tmp_path):
                        {"epoch": 2, "loss": 6.5, "seconds": 31.5},
                        {"epoch": 3, "seconds": 29.0}]
     assert callbacks.read_metrics(str(tmp_path / "missing.csv")) == []
+
+
+def test_read_metrics_refuses_rows_two_writers_interleaved(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,loss\n0,6.9\n1,6.5\n2,6.1\n1,6.4\n")
+    with pytest.raises(callbacks.RunDirError, match=f"^{path}: line 5 has epoch 1 after epoch 2: "
+                                                    "two processes wrote this run directory"):
+        callbacks.read_metrics(str(path))
+    path.write_text("epoch,loss\n3,6.1\n4,6.0\n")  # begun again after the file was deleted
+    assert [row["epoch"] for row in callbacks.read_metrics(str(path))] == [4, 5]

@@ -5,7 +5,7 @@ import keras
 import pytest
 import tensorflow as tf
 
-from ifnd_tf import preemption
+from ifnd_tf import preemption, run_directory
 from ifnd_tf.preemption import Phase
 
 
@@ -33,7 +33,7 @@ def test_first_signal_is_a_request_the_second_acts_as_before():
         signal.signal(signal.SIGINT, outer)
 
 
-def _checkpointer(tmp_path, every_steps, start_step=0, hold=lambda: False):
+def _checkpointer(tmp_path, every_steps, start_step=0, hold=lambda: False, lock_dir=None):
     mean = keras.metrics.Mean(name="loss")
     position = preemption.RunPosition([mean])
     manager = tf.train.CheckpointManager(
@@ -41,7 +41,7 @@ def _checkpointer(tmp_path, every_steps, start_step=0, hold=lambda: False):
     stop = preemption.StopRequest()
     saver = preemption.StepCheckpointer(manager, position, steps_per_epoch=10,
                                         start_step=start_step, every_steps=every_steps,
-                                        stop=stop, hold=hold)
+                                        stop=stop, hold=hold, lock_dir=lock_dir)
     return saver, stop, mean, position
 
 
@@ -78,3 +78,13 @@ def test_hold_skips_saves(tmp_path):
     saver.on_train_batch_end(0)
     saver.on_epoch_end(0)
     assert _saved(tmp_path) == []
+
+
+def test_a_run_whose_lock_file_was_removed_stops_before_the_next_save(tmp_path):
+    run_directory.acquire_lock(str(tmp_path))
+    saver, _, _, _ = _checkpointer(tmp_path, every_steps=0, lock_dir=str(tmp_path))
+    saver.on_epoch_end(0)
+    (tmp_path / "lock").unlink()  # e.g. taken for a stale lock: a second run could start now
+    with pytest.raises(run_directory.RunDirError, match=f"^{tmp_path}/lock was removed"):
+        saver.on_epoch_end(1)
+    assert _saved(tmp_path) == [0]  # the checkpoint written before is kept

@@ -120,6 +120,26 @@ def test_second_writer_is_refused_naming_pid_and_host(tmp_path):
     run_directory.acquire_lock(str(tmp_path))  # this process already holds it: fine
 
 
+def test_removed_or_replaced_lock_file_is_noticed(tmp_path):
+    held, other = tmp_path / "held", tmp_path / "other"
+    run_directory.check_lock_held(str(other))  # never taken here: nothing to check
+    run_directory.acquire_lock(str(held))
+    run_directory.check_lock_held(str(held))  # intact
+    (held / "lock").unlink()
+    message = (f"^{held}/lock was removed or replaced while this run held it; another process "
+               f"may be writing {held}: stopped, the checkpoints already written are kept$")
+    with pytest.raises(run_directory.RunDirError, match=message):
+        run_directory.check_lock_held(str(held))
+    # A second writer can now lock a new file of that name: replaced is as bad as removed.
+    process = lock_holder(held)
+    try:
+        with pytest.raises(run_directory.RunDirError, match=message):
+            run_directory.check_lock_held(str(held))
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_unwritable_run_directory_is_one_line():
     with pytest.raises(run_directory.RunDirError,
                        match=r"^cannot write the run directory /sys/ifnd_run: "):
