@@ -9,9 +9,10 @@ given, then probes each with ifnd_tf.linear_eval; every step runs in its own pro
 same command-line flags. With --seeds, each variant is trained once per seed in
 <model_dir>/<variant>/seed<s>. A step whose output already exists is read, not run again
 (export/encoder.keras of a run, linear_eval/result.json): delete a run folder to redo it, or add
-a seed to grow the table. Prints the table and writes it to <model_dir>/compare.md and
-compare.json (with --seeds: compare.json holds every run, the mean ± sd per variant, the paired
-per-seed differences against MoCo v2 and the verdicts). Columns:
+a seed to grow the table. Says first what it will run (variants, seeds, folder); prints the
+table and writes it to <model_dir>/compare.md and compare.json (with --seeds: compare.json
+holds every run, the mean ± sd per variant, the paired per-seed differences against MoCo v2
+and the verdicts). Columns:
   kNN top-1     the kNN monitor at the last epoch (test split, query backbone)
   linear top-1  the linear probe (test split)
   FN precision / recall   of the detected false negatives at the last epoch (IFND only)
@@ -192,6 +193,15 @@ def verdicts(variants: dict[str, tuple], runs: dict[str, dict]) -> tuple[dict, l
     return paired, lines
 
 
+def plan_line(variants: dict[str, tuple], listed: list[str], seeds: list[int],
+              model_dir: str) -> str:
+    """What the call will train or read, said first: a definition appended from --variant
+    (a flagfile's, say) is named as such, so no run is a surprise."""
+    names = [key if key in listed else f"{key} (appended from --variant)" for key in variants]
+    where = f"seeds {', '.join(map(str, seeds))}" if seeds else "one run each"
+    return f"compare: {', '.join(names)}; {where}; in {model_dir}"
+
+
 def run(flag_args: list[str]) -> dict[str, dict]:
     """Train (or read) every variant at every seed, probe (or read) each, print and write."""
     variants = parse_variants(FLAGS.variants, FLAGS.variant)
@@ -199,6 +209,7 @@ def run(flag_args: list[str]) -> dict[str, dict]:
         seeds = [int(s) for s in FLAGS.seeds]
     except ValueError as e:
         raise config.ConfigError(f"--seeds must be integers, got {FLAGS.seeds}") from e
+    print(plan_line(variants, FLAGS.variants, seeds, FLAGS.model_dir), flush=True)
     runs: dict[str, dict] = {}  # variant key -> {seed: row}
     for key, (_, _, variant_flags) in variants.items():
         for seed in seeds or [FLAGS.seed]:

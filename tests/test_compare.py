@@ -111,6 +111,10 @@ def test_variants_are_parsed_with_named_flag_sets():
     assert list(variants) == ["moco", "ifnd", "agree"]
     assert variants["agree"][2] == ["--fn_confidence=agreement", "--num_clusters=10,20"]
     assert variants["ifnd"] == ("MoCo v2 + IFND", "IFND", ["--ifnd=true"])
+    assert compare.plan_line(variants, ["moco", "ifnd"], [0, 2], "runs") == (
+        "compare: moco, ifnd, agree (appended from --variant); seeds 0, 2; in runs")
+    assert compare.plan_line(variants, ["agree", "moco", "ifnd"], [], "runs") == (
+        "compare: moco, ifnd, agree; one run each; in runs")
     with pytest.raises(config.ConfigError, match="--variants: unknown variant 'nope'"):
         compare.parse_variants(["moco", "nope"], [])
     with pytest.raises(config.ConfigError, match="--variant='bad': expected name:--flag"):
@@ -125,6 +129,7 @@ def test_seeds_and_oracle_variant_grow_one_table(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     second = _compare(tmp_path, *args, "--seeds=0,1")
     assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.startswith(f"compare: moco, oracle; seeds 0, 1; in {tmp_path}\n")
     assert second.stdout.count("+ python -m ifnd_tf.train") == 2  # seed 1 of both variants
     assert "seed0" not in "".join(l for l in second.stdout.splitlines() if l.startswith("+ "))
     result = json.loads((tmp_path / "compare.json").read_text())
