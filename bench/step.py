@@ -2,11 +2,11 @@
 
 Same model, same cached batch, one process, variants alternated round by round. Also XLA
 on/off, bfloat16 mixed precision on/off, writing each key into the train_keys table
-(--cluster_features=train_keys) on/off, and the crop size (--crop_sizes: the demo's 28 px
-against 24 px) (separate models of the same architecture).
+(--cluster_features=train_keys) on/off, the crop size (--crop_sizes: the demo's 28 px against
+24 px) and the width multiplier (--widths: the demo's 0.5 against 0.375) (separate models).
 
     python -m bench.step                       # small net + ResNet-18 CIFAR, IFND on/off
-    python -m bench.step --variants=ifnd,jit,mixed_precision,train_keys,crop --backbones=small
+    python -m bench.step --variants=ifnd,jit,mixed_precision,train_keys,crop,width --backbones=small
 """
 if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
     from ifnd_tf import runtime
@@ -15,6 +15,7 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
 
 import argparse
 import dataclasses
+import math
 import statistics
 
 import tensorflow as tf
@@ -27,8 +28,7 @@ SETUPS = {"small": (28, 0.5, 256), "resnet18_cifar": (32, 1.0, 64)}
 KS = (10, 20, 50)
 
 
-def _variant_models(kind: str, backbone: str, batch: int, strategy,
-                    crop_sizes: tuple[int, int]) -> dict:
+def _variant_models(kind: str, backbone: str, batch: int, strategy, pairs: dict) -> dict:
     """name -> (model, image size) of the models whose steps are compared by `kind`."""
     image_size, width, _ = SETUPS[backbone]
     cfg = common.model_config(backbone, image_size, batch, width)
@@ -44,14 +44,15 @@ def _variant_models(kind: str, backbone: str, batch: int, strategy,
     if kind == "train_keys":
         return {name: build(cluster_features=name) for name in pseudo_labels.CLUSTER_FEATURES}
     if kind == "crop":
-        return {f"{size} px": build(image_size=size) for size in crop_sizes}
+        return {f"{size} px": build(image_size=size) for size in pairs["crop"]}
+    if kind == "width":
+        return {f"width {w:g}": build(width_multiplier=w) for w in pairs["width"]}
     return {"float32": build(), "mixed bfloat16": build(mixed_precision="bfloat16")}
 
 
-def _runners(kind: str, backbone: str, batch: int, steps: int, strategy,
-             crop_sizes: tuple[int, int]) -> dict:
+def _runners(kind: str, backbone: str, batch: int, steps: int, strategy, pairs: dict) -> dict:
     """name -> callable timing `steps` steps; IFND toggles the label table of one model."""
-    built = _variant_models(kind, backbone, batch, strategy, crop_sizes)
+    built = _variant_models(kind, backbone, batch, strategy, pairs)
     models = {name: m for name, (m, _) in built.items()}
     runs = {name: common.step_runner(m, common.random_batch(batch, size, common.NUM_EXAMPLES),
                                      strategy)
@@ -74,10 +75,9 @@ def _runners(kind: str, backbone: str, batch: int, steps: int, strategy,
 
 
 def measure(kind: str, backbone: str, batch: int, steps: int, rounds: int, strategy,
-            crop_sizes: tuple[int, int]) -> dict:
+            pairs: dict) -> dict:
     """Median seconds / step and images / s of each variant, and the paired ratio of the two."""
-    seconds = common.alternate(_runners(kind, backbone, batch, steps, strategy, crop_sizes),
-                               rounds)
+    seconds = common.alternate(_runners(kind, backbone, batch, steps, strategy, pairs), rounds)
     (name_a, a), (name_b, b) = seconds.items()
     return {"kind": kind, "backbone": backbone, "batch": batch, "steps_per_round": steps,
             "rounds": rounds, "seconds": seconds,
@@ -86,14 +86,27 @@ def measure(kind: str, backbone: str, batch: int, steps: int, rounds: int, strat
             "ratio_of_medians": statistics.median(b) / statistics.median(a)}
 
 
+def _pair(parser: argparse.ArgumentParser, flag: str, text: str, kind: type) -> tuple:
+    """Two different positive numbers A,B from a flag's text, or one parser error naming it."""
+    try:
+        pair = tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        pair = ()
+    if len(pair) != 2 or not all(0 < v < math.inf for v in pair) or pair[0] == pair[1]:
+        parser.error(f"{flag}: two different positive values A,B, got {text!r}")
+    return pair
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default="small,resnet18_cifar")
     parser.add_argument("--variants", default="ifnd,jit,mixed_precision,train_keys",
-                        help="ifnd, jit, mixed_precision, train_keys, crop (all but ifnd: small "
-                             "only unless --all_backbones)")
+                        help="ifnd, jit, mixed_precision, train_keys, crop, width (all but "
+                             "ifnd: small only unless --all_backbones)")
     parser.add_argument("--crop_sizes", default="28,24",
                         help="the two image sizes of --variants=crop (A, B)")
+    parser.add_argument("--widths", default="0.5,0.375",
+                        help="the two width multipliers of --variants=width (A, B)")
     parser.add_argument("--all_backbones", action="store_true")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", default="small:8,resnet18_cifar:2",
@@ -104,12 +117,8 @@ def main() -> None:
     common.set_threads(args.threads)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])  # as train.py on one CPU replica
     steps = {k: int(v) for k, v in (item.split(":") for item in args.steps.split(","))}
-    try:
-        crop_sizes = tuple(int(v) for v in args.crop_sizes.split(","))
-    except ValueError:
-        crop_sizes = ()
-    if len(crop_sizes) != 2 or min(crop_sizes) < 1:
-        parser.error(f"--crop_sizes: two positive image sizes A,B, got {args.crop_sizes!r}")
+    pairs = {"crop": _pair(parser, "--crop_sizes", args.crop_sizes, int),
+             "width": _pair(parser, "--widths", args.widths, float)}
     results = []
     for backbone in args.backbones.split(","):
         for kind in args.variants.split(","):
@@ -117,7 +126,7 @@ def main() -> None:
                 continue
             print(f"measuring {kind} on {backbone} ...", flush=True)
             results.append(measure(kind, backbone, SETUPS[backbone][2], steps[backbone],
-                                   args.rounds, strategy, crop_sizes))
+                                   args.rounds, strategy, pairs))
     rows = [[r["backbone"], r["batch"], r["ratio_of"],
              *(f"{name}: {v:.0f}" for name, v in r["images_per_s"].items()), r["ratio"],
              r["ratio_of_medians"]]

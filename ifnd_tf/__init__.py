@@ -10,7 +10,7 @@ Modules, in the order the algorithm uses them:
   clustering    k-means hierarchy, confidence, acceptance schedule, pseudo-labels
   pseudo_labels the IFND step: the per-epoch callback that fills the model's pseudo-label table
   diagnostics   false-negative precision / recall, label purity, against true labels
-  callbacks     run plumbing: epoch timer, lr logger, metrics.csv, checkpoint, NaN guard
+  callbacks     run plumbing: epoch timer, lr logger, writer-lock check, metrics.csv, NaN guard
   export        SavedModel export of the encoder, and a layer to fine-tune it with any optimizer
 
 Edge (flags, commands):

@@ -165,7 +165,8 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: data.So
             test.labels, source.num_classes, cfg.knn_every, cfg.knn_k, cfg.knn_temperature,
             pictures, writer, cfg.seed, train_pass=query_pass))
     metrics_csv = os.path.join(run_dir, "metrics.csv")
-    result += [callbacks.LearningRateLogger(),
+    result += [callbacks.WriterLockCheck(run_dir),  # before anything of the epoch is written
+               callbacks.LearningRateLogger(),
                keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False),
                callbacks.MetricsCsv(metrics_csv, initial_epoch),
                saver,

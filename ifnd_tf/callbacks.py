@@ -1,5 +1,5 @@
-"""The run's plumbing as Keras callbacks: epoch timer, lr logger, metrics.csv (writer and
-reader), checkpointing and the NaN guard. The IFND pass itself is pseudo_labels.py."""
+"""The run's plumbing as Keras callbacks: epoch timer, lr logger, writer-lock check, metrics.csv
+(writer and reader) and the NaN guard (checkpointing: preemption.py). The IFND pass itself is pseudo_labels.py."""
 import csv
 import math
 import os
@@ -8,6 +8,7 @@ import time
 import keras
 import tensorflow as tf
 
+from ifnd_tf import run_directory
 from ifnd_tf.errors import DivergenceError, RunDirError
 
 
@@ -36,6 +37,19 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class WriterLockCheck(keras.callbacks.Callback):
+    """At each epoch end, before anything of the epoch is logged: stops the run if its writer
+    lock is no longer its own (run_directory.check_lock_held), so no row of it lands in a
+    directory another process may now write. Place it before the loggers."""
+
+    def __init__(self, run_dir: str):
+        super().__init__()
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, epoch, logs=None):
+        run_directory.check_lock_held(self.run_dir)
 
 
 class MetricsCsv(keras.callbacks.Callback):

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from ifnd_tf import callbacks, knn, plots
 from ifnd_tf.embedding import DatasetEmbedder, SharedPass
+from ifnd_tf.errors import RunDirError
 
 PCA_POINTS = 2000  # test examples drawn in the PCA picture: enough to see classes, still legible
 
@@ -101,8 +102,16 @@ class DiagnosticsPlotter(keras.callbacks.Callback):
         self.metrics_csv = metrics_csv
         self.picture_dir = picture_dir
         self.writer = writer
+        self.refused = False  # said once that metrics.csv cannot be drawn
 
     def on_epoch_end(self, epoch, logs=None):
-        png = plots.curves_png(callbacks.read_metrics(self.metrics_csv))
+        try:
+            history = callbacks.read_metrics(self.metrics_csv)
+        except RunDirError as e:  # rows of two writers from an earlier run: no picture, no stop
+            if not self.refused:
+                print(f"curves.png not drawn: {e}", flush=True)
+            self.refused = True
+            return
+        png = plots.curves_png(history)
         save_picture(png, os.path.join(self.picture_dir, "curves.png"), self.writer,
                      "diagnostics/curves", epoch)

@@ -181,10 +181,10 @@ class StepCheckpointer(keras.callbacks.Callback):
         self._stop_if_requested()
 
     def _save(self) -> None:
-        if self.hold():
-            return
         if self.lock_dir is not None:
             run_directory.check_lock_held(self.lock_dir)  # never two writers of one run
+        if self.hold():
+            return
         self.position.record(self.step, self.steps_per_epoch)
         try:
             self.manager.save(checkpoint_number=self.step)

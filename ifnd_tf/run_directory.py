@@ -23,7 +23,7 @@ from ifnd_tf.errors import RunDirError
 DAMAGED = "damaged"  # sub-folder of checkpoints/ where unreadable checkpoints are moved
 DATASET_FILE = "dataset.json"  # the training set's fingerprint (fingerprint.py)
 LOCK_FILE = "lock"  # in the run directory: "pid <pid> host <host>" of the process writing it
-_held_locks: dict[str, int] = {}  # lock file -> open descriptor, kept for the process's life
+_held_locks: dict[str, int] = {}  # lock file (absolute path) -> descriptor, for the process's life
 _INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 
@@ -33,11 +33,15 @@ def acquire_lock(directory: str) -> str:
     fcntl.flock on run_dir/lock: the OS drops it when the process ends, however it ends, so a
     lock file left by a dead process never blocks. A second process gets RunDirError naming the
     holder's pid and host. The lock is the first write: an unwritable directory fails here,
-    before anything else. Returns the lock file's path.
+    before anything else. Taken again in the same process: kept if its file is still there,
+    else taken anew (the directory was deleted in between). Returns the lock file's path.
     """
     path = os.path.join(directory, LOCK_FILE)
-    if os.path.realpath(path) in _held_locks:
-        return path
+    held = _held_locks.get(os.path.abspath(path))
+    if held is not None:
+        if _names(path, held):
+            return path
+        os.close(_held_locks.pop(os.path.abspath(path)))
     try:
         os.makedirs(directory, exist_ok=True)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -52,32 +56,36 @@ def acquire_lock(directory: str) -> str:
                           "ends, stop it, or use another --model_dir") from None
     os.ftruncate(descriptor, 0)
     os.write(descriptor, f"pid {os.getpid()} host {socket.gethostname()}\n".encode())
-    _held_locks[os.path.realpath(path)] = descriptor
+    _held_locks[os.path.abspath(path)] = descriptor
     return path
 
 
 def check_lock_held(directory: str) -> None:
-    """Raise RunDirError if this process took directory's lock and its file was since removed
-    or replaced (nothing to check if it never took it).
+    """Raise RunDirError if this process took directory's lock and the name `lock` no longer
+    points at the file it locked (deleted, replaced, a symlink in the path moved); nothing to
+    check if it never took it.
 
     flock locks the file, not its name: once `lock` is deleted (say, taken for a stale one), a
     second process can lock a new file of that name and both write the run directory, their
-    checkpoints and metrics.csv rows interleaved. The checkpoint saver calls this before each
-    save, so such a run stops with its previous checkpoints intact.
+    checkpoints and metrics.csv rows interleaved. Called at every epoch end before the row is
+    written and before every checkpoint save, so such a run stops with its checkpoints intact.
     """
-    path = os.path.realpath(os.path.join(directory, LOCK_FILE))
-    if path not in _held_locks:
-        return
-    held = os.fstat(_held_locks[path])
-    try:
-        named = os.stat(path)
-    except OSError:
-        named = None
-    if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+    path = os.path.join(directory, LOCK_FILE)
+    held = _held_locks.get(os.path.abspath(path))
+    if held is not None and not _names(path, held):
         raise RunDirError(f"{path} was removed or replaced while this run held it; another "
                           f"process may be writing {directory}: stopped, the checkpoints "
                           "already written are kept")
 
+
+def _names(path: str, descriptor: int) -> bool:
+    """Whether path (now) names the open file descriptor refers to."""
+    try:
+        named = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(descriptor)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _read_holder(descriptor: int) -> str:

@@ -57,6 +57,11 @@ def test_query_view_clustering_reuses_the_knn_monitors_pass(features, shared, on
     made = builder.make_callbacks(cfg, moco, source, manager,
                                   preemption.RunPosition(moco.metrics), 4, phase,
                                   preemption.StopRequest(), str(tmp_path))
+    kinds = [type(c).__name__ for c in made]  # the lock is checked before the epoch is logged
+    assert kinds.index("WriterLockCheck") < kinds.index("MetricsCsv") < kinds.index(
+        "StepCheckpointer")
+    assert next(c for c in made if isinstance(c, preemption.StepCheckpointer)).lock_dir == \
+        str(tmp_path)
     monitor = next(c for c in made if isinstance(c, monitors.KnnMonitor))
     labeller = next(c for c in made if isinstance(c, pseudo_labels.PseudoLabelCallback))
     assert (monitor.train_pass is not None) == shared

@@ -64,3 +64,14 @@ def test_read_metrics_refuses_rows_two_writers_interleaved(tmp_path):
         callbacks.read_metrics(str(path))
     path.write_text("epoch,loss\n3,6.1\n4,6.0\n")  # begun again after the file was deleted
     assert [row["epoch"] for row in callbacks.read_metrics(str(path))] == [4, 5]
+
+
+def test_writer_lock_check_stops_before_the_epoch_is_logged(tmp_path):
+    from ifnd_tf import run_directory
+
+    run_directory.acquire_lock(str(tmp_path))
+    check = callbacks.WriterLockCheck(str(tmp_path))
+    check.on_epoch_end(0)
+    (tmp_path / "lock").unlink()
+    with pytest.raises(callbacks.RunDirError, match=f"^{tmp_path}/lock was removed"):
+        check.on_epoch_end(1)

@@ -41,6 +41,17 @@ def test_knn_monitor_logs_the_knn_top1_of_the_query_backbone(one_replica, tmp_pa
     assert "diagnostics/features_pca" in event_tags(tmp_path / "logs")
 
 
+def test_diagnostics_plotter_skips_a_csv_of_two_writers_and_says_so_once(tmp_path, capsys):
+    (tmp_path / "metrics.csv").write_text("epoch,loss\n0,6.9\n1,6.5\n0,6.8\n")
+    plotter = monitors.DiagnosticsPlotter(str(tmp_path / "metrics.csv"), str(tmp_path / "p"))
+    plotter.on_epoch_end(1, {})
+    plotter.on_epoch_end(2, {})  # training goes on; the notice is not repeated
+    assert capsys.readouterr().out == (f"curves.png not drawn: {tmp_path}/metrics.csv: line 4 "
+                                       "has epoch 0 after epoch 1: two processes wrote this run "
+                                       "directory; its metrics cannot be trusted\n")
+    assert not (tmp_path / "p" / "curves.png").exists()
+
+
 def test_diagnostics_plotter_draws_the_csv_to_png_and_tensorboard(tmp_path):
     (tmp_path / "metrics.csv").write_text(  # warm-up epoch: no detection diagnostics (nan)
         "epoch,accepted,fn_precision,fn_recall,knn_top1,purity_k10\n"

@@ -1,8 +1,10 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
-from conftest import lock_holder
+from conftest import ROOT, lock_holder
 
 from ifnd_tf import run_directory
 
@@ -138,6 +140,33 @@ def test_removed_or_replaced_lock_file_is_noticed(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_lock_check_follows_the_name_the_run_was_given(tmp_path):
+    first, second, link = tmp_path / "first", tmp_path / "second", tmp_path / "run"
+    first.mkdir()
+    second.mkdir()
+    link.symlink_to(first)
+    run_directory.acquire_lock(str(link))
+    run_directory.check_lock_held(str(link))
+    link.unlink()
+    link.symlink_to(second)  # --model_dir now names another folder, unlocked
+    with pytest.raises(run_directory.RunDirError, match=f"^{link}/lock was removed or replaced"):
+        run_directory.check_lock_held(str(link))
+
+
+def test_lock_taken_again_after_its_directory_was_deleted(tmp_path):
+    import shutil
+
+    run_directory.acquire_lock(str(tmp_path / "run"))
+    shutil.rmtree(tmp_path / "run")
+    run_directory.acquire_lock(str(tmp_path / "run"))  # a new file: locked anew, no false alarm
+    run_directory.check_lock_held(str(tmp_path / "run"))
+    code = "import sys; from ifnd_tf import run_directory; run_directory.acquire_lock(sys.argv[1])"
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], check=False,
+                           cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "IFND_FAST_ALLOCATOR": "0"})
+    assert other.returncode == 1 and f"is in use by pid {os.getpid()} " in other.stderr
 
 
 def test_unwritable_run_directory_is_one_line():
