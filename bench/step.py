@@ -23,7 +23,8 @@ import tensorflow as tf
 from bench import common
 from ifnd_tf import pseudo_labels
 
-# backbone -> (image size, width multiplier, batch): demo small net; CIFAR ResNet-18.
+# backbone -> (image size, width multiplier, batch): the small net at the width every recorded
+# result used (the demo's until 2026-11-28, now 0.375: --variants=width); CIFAR ResNet-18.
 SETUPS = {"small": (28, 0.5, 256), "resnet18_cifar": (32, 1.0, 64)}
 KS = (10, 20, 50)
 
