@@ -3,7 +3,8 @@
 Same model, same cached batch, one process, variants alternated round by round. Also XLA
 on/off, bfloat16 mixed precision on/off, writing each key into the train_keys table
 (--cluster_features=train_keys) on/off, the crop size (--crop_sizes: the demo's 28 px against
-24 px) and the width multiplier (--widths: 0.5, the demo's until 2026-11-28, against 0.375, the demo's now) (separate models).
+24 px) and the width multiplier (--widths: 0.5, the demo's until 2026-11-28, against 0.375,
+the demo's now) (separate models).
 
     python -m bench.step                       # small net + ResNet-18 CIFAR, IFND on/off
     python -m bench.step --variants=ifnd,jit,mixed_precision,train_keys,crop,width --backbones=small

@@ -1,5 +1,6 @@
 """The run's plumbing as Keras callbacks: epoch timer, lr logger, writer-lock check, metrics.csv
-(writer and reader) and the NaN guard (checkpointing: preemption.py). The IFND pass itself is pseudo_labels.py."""
+(writer and reader) and the NaN guard (checkpointing: preemption.py). The IFND pass itself is
+pseudo_labels.py."""
 import csv
 import math
 import os

@@ -37,11 +37,11 @@ def acquire_lock(directory: str) -> str:
     else taken anew (the directory was deleted in between). Returns the lock file's path.
     """
     path = os.path.join(directory, LOCK_FILE)
-    held = _held_locks.get(os.path.abspath(path))
-    if held is not None:
-        if _names(path, held):
+    key = os.path.abspath(path)
+    if key in _held_locks:
+        if _names(path, _held_locks[key]):
             return path
-        os.close(_held_locks.pop(os.path.abspath(path)))
+        os.close(_held_locks.pop(key))
     try:
         os.makedirs(directory, exist_ok=True)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -56,7 +56,7 @@ def acquire_lock(directory: str) -> str:
                           "ends, stop it, or use another --model_dir") from None
     os.ftruncate(descriptor, 0)
     os.write(descriptor, f"pid {os.getpid()} host {socket.gethostname()}\n".encode())
-    _held_locks[os.path.abspath(path)] = descriptor
+    _held_locks[key] = descriptor
     return path
 
 
