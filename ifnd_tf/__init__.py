@@ -1,33 +1,98 @@
 """ifnd_tf: MoCo v2 with Incremental False Negative Detection (Chen et al., ICLR 2022).
 
+The public API (docs/api.md) is `__all__`; every other name is private. Names load on first
+use, so `import ifnd_tf` does not import TensorFlow (the commands set up their allocator first).
+
+    from ifnd_tf import MomentumContrast, PseudoLabelCallback, ClusterLabels, pretrain
+
 Modules, in the order the algorithm uses them:
-  data          training examples (index, view_q, view_k), the un-augmented clustering pass and
-                the labelled pipelines of the evaluations
-  augment       the MoCo v2 augmentation
-  model         backbones, projection head and the momentum-contrast Keras model (train_step)
-  losses        InfoNCE with the false-negative mask (elimination / attraction)
-  embedding     encoder outputs over a whole dataset, placed by index (any number of replicas)
-  clustering    k-means hierarchy, confidence, acceptance schedule, pseudo-labels
-  pseudo_labels the IFND step: the per-epoch callback that fills the model's pseudo-label table
-  diagnostics   false-negative precision / recall, label purity, against true labels
-  callbacks     run plumbing: epoch timer, lr logger, writer-lock check, metrics.csv, NaN guard
-  export        SavedModel export of the encoder, and a layer to fine-tune it with any optimizer
-
-Edge (flags, commands):
-  config        every absl flag, its validation, and RunConfig (the flags of a run as a value)
-  builder       model + optimizer and the callback list of a run, from a RunConfig
-  cli           the one main() shape of every command: one `<program>: error: ...` line
-  runtime       what a process sets up before TensorFlow loads (tcmalloc)
-  errors        ConfigError, DataError, DivergenceError
-  train         python -m ifnd_tf.train --flagfile=flags/fashion_mnist.cfg
-  console       the console scripts (ifnd-train, ifnd-linear-eval, ifnd-finetune, ifnd-compare)
-
-Evaluation (never changes training):
-  knn           weighted kNN classification of features
-  monitors      kNN monitor and diagnostics plots, as Keras callbacks
-  plots         the PNG pictures (curves over epochs, PCA of features by class)
-  evaluate      what the protocols share: loading the export, labelled subsets, classifier set-up
-  linear_eval   python -m ifnd_tf.linear_eval: linear probe on the frozen backbone
-  finetune      python -m ifnd_tf.finetune: fine-tuning on 1 % / 10 % of the labels
-  compare       python -m ifnd_tf.compare: MoCo v2 against IFND, one table
+  sources, data   where images come from; the two-view, embedding and labelled pipelines
+  augment         the MoCo v2 augmentation
+  encoders        backbones (ours, keras.applications, yours), the head, shuffle-BN
+  model           MomentumContrast: the Keras model whose train_step is the MoCo v2 step
+  losses          InfoNCE with the false-negative mask (elimination / attraction)
+  detectors       false-negative detectors: the paper's cluster labels, the oracle, quantile
+  clustering      k-means hierarchy, confidence, acceptance schedule
+  pseudo_labels   PseudoLabelCallback: alpha from the schedule, the detector's refresh
+  embedding       encoder outputs over a whole dataset, placed by index
+  config          RunConfig and its sections; cli defines the flags from them
+  pretraining     pretrain(config): a whole run (resume, callbacks, export)
+  export, knn, linear_eval, finetune, compare: export and evaluation
 """
+import importlib
+
+_PUBLIC = {
+    "MomentumContrast": "model",
+    "PseudoLabelCallback": "pseudo_labels",
+    "FalseNegativeDetector": "detectors",
+    "EpochInputs": "detectors",
+    "ClusterLabels": "detectors",
+    "OracleLabels": "detectors",
+    "NearestFraction": "detectors",
+    "KMeansSettings": "clustering",
+    "AcceptanceSchedule": "clustering",
+    "build_encoder": "encoders",
+    "with_head": "encoders",
+    "RunConfig": "config",
+    "DataConfig": "config",
+    "EncoderConfig": "config",
+    "MoCoConfig": "config",
+    "ScheduleConfig": "config",
+    "DetectionConfig": "config",
+    "RuntimeConfig": "config",
+    "MonitorConfig": "config",
+    "pretrain": "pretraining",
+    "Pretrained": "pretraining",
+    "Source": "sources",
+    "load_source": "sources",
+    "from_arrays": "sources",
+    "train_pipeline": "data",
+    "embedding_pipeline": "data",
+    "two_view_batches": "data",
+    "export_encoder": "export",
+    "knn_top1": "knn",
+    "linear_probe": "linear_eval",
+}
+__all__ = [
+    "AcceptanceSchedule",
+    "ClusterLabels",
+    "DataConfig",
+    "DetectionConfig",
+    "EncoderConfig",
+    "EpochInputs",
+    "FalseNegativeDetector",
+    "KMeansSettings",
+    "MoCoConfig",
+    "MomentumContrast",
+    "MonitorConfig",
+    "NearestFraction",
+    "OracleLabels",
+    "Pretrained",
+    "PseudoLabelCallback",
+    "RunConfig",
+    "RuntimeConfig",
+    "ScheduleConfig",
+    "Source",
+    "build_encoder",
+    "embedding_pipeline",
+    "export_encoder",
+    "from_arrays",
+    "knn_top1",
+    "linear_probe",
+    "load_source",
+    "pretrain",
+    "train_pipeline",
+    "two_view_batches",
+    "with_head",
+]
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'ifnd_tf' has no attribute {name!r}")
+    module = importlib.import_module(f"ifnd_tf.{_PUBLIC[name]}")
+    return getattr(module, "probe" if name == "linear_probe" else name)
+
+
+def __dir__():
+    return __all__

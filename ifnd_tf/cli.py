@@ -1,15 +1,70 @@
-"""The one shape of every command's absl main: warnings only, and a bad flag, missing data or a
-diverged loss ends the program with one `<program>: error: ...` line (no traceback); and how
-every command ends (`run`)."""
+"""The command line's edge: every absl flag, defined from the config's fields (config.py), so
+a flag and its field cannot drift; the one shape of every command's main (a bad flag, missing
+data or a diverged loss ends the program with one `<program>: error: ...` line, no traceback);
+and how every command ends (`run`). Library modules read no flag: commands read them here.
+"""
 import atexit
 import ctypes
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
 
-from absl import app, logging
+from absl import app, flags, logging
 
+from ifnd_tf import config
 from ifnd_tf.errors import ConfigError, DataError, DivergenceError, RunDirError
+
+FLAGS = flags.FLAGS
+
+
+def _define(field: dataclasses.Field) -> None:
+    """One absl flag from one config field: its kind from the default (and choices)."""
+    name, default, meta = config.flag_name(field), field.default, field.metadata
+    if meta["multi"]:
+        flags.DEFINE_multi_string(name, list(default), meta["help"])
+    elif isinstance(default, tuple):
+        flags.DEFINE_list(name, [str(v) for v in default], meta["help"])
+    elif meta["choices"]:
+        flags.DEFINE_enum(name, default, list(meta["choices"]), meta["help"])
+    elif isinstance(default, bool):
+        flags.DEFINE_bool(name, default, meta["help"])
+    elif isinstance(default, int):
+        flags.DEFINE_integer(name, default, meta["help"])
+    elif isinstance(default, float):
+        flags.DEFINE_float(name, default, meta["help"])
+    else:
+        flags.DEFINE_string(name, default, meta["help"])
+
+
+for _section in config.COMMAND_LINE_SECTIONS:
+    for _field in config.flag_fields(_section):
+        _define(_field)
+
+
+def flag_values(section) -> dict:
+    """{flag name: parsed value} of a config section's flags."""
+    return {config.flag_name(f): FLAGS[config.flag_name(f)].value
+            for f in config.flag_fields(section)}
+
+
+def run_config_from_flags() -> config.RunConfig:
+    """The pre-training run the flags describe (not yet validated)."""
+    values = {}
+    for section in config.SECTIONS.values():
+        values.update(flag_values(section))
+    return config.RunConfig.from_flat(values)
+
+
+def section_from_flags(section_type):
+    """EvalConfig or CompareConfig from the flags."""
+    return section_type(**{f.name: config.parse_setting(config.flag_name(f), f, FLAGS[
+        config.flag_name(f)].value) for f in config.flag_fields(section_type)})
+
+
+def command_record() -> dict:
+    """The evaluation and compare flags, recorded in flags.json beside the run's settings."""
+    return {**flag_values(config.EvalConfig), **flag_values(config.CompareConfig)}
 
 EXPECTED_ERRORS = (ConfigError, DataError, DivergenceError, RunDirError)
 

@@ -31,7 +31,6 @@ import subprocess
 import sys
 
 from ifnd_tf import callbacks, cli, config
-from ifnd_tf.config import FLAGS
 
 # key: (table name, short name in verdicts, flags). The reference of the paired differences.
 BUILTIN_VARIANTS = {"moco": ("MoCo v2", "MoCo", ["--ifnd=false"]),
@@ -172,8 +171,8 @@ def run_variant(flag_args: list[str], run_dir: str, variant_flags: list[str]) ->
     return summarize(run_dir)
 
 
-def _write(name: str, text: str) -> None:
-    with open(os.path.join(FLAGS.model_dir, name), "w") as f:
+def _write(model_dir: str, name: str, text: str) -> None:
+    with open(os.path.join(model_dir, name), "w") as f:
         f.write(text)
 
 
@@ -202,19 +201,22 @@ def plan_line(variants: dict[str, tuple], listed: list[str], seeds: list[int],
     return f"compare: {', '.join(names)}; {where}; in {model_dir}"
 
 
-def run(flag_args: list[str]) -> dict[str, dict]:
-    """Train (or read) every variant at every seed, probe (or read) each, print and write."""
-    variants = parse_variants(FLAGS.variants, FLAGS.variant)
+def run(flag_args: list[str], model_dir: str, plan: config.CompareConfig,
+        default_seed: int = 0) -> dict[str, dict]:
+    """Train (or read) every variant at every seed, probe (or read) each, print and write.
+    flag_args: the flags every step gets (this command's own); default_seed: the one run per
+    variant when plan.seeds is empty."""
+    variants = parse_variants(list(plan.variants), list(plan.variant))
     try:
-        seeds = [int(s) for s in FLAGS.seeds]
+        seeds = [int(s) for s in plan.seeds]
     except ValueError as e:
-        raise config.ConfigError(f"--seeds must be integers, got {FLAGS.seeds}") from e
-    print(plan_line(variants, FLAGS.variants, seeds, FLAGS.model_dir), flush=True)
+        raise config.ConfigError(f"--seeds must be integers, got {list(plan.seeds)}") from e
+    print(plan_line(variants, list(plan.variants), seeds, model_dir), flush=True)
     runs: dict[str, dict] = {}  # variant key -> {seed: row}
     for key, (_, _, variant_flags) in variants.items():
-        for seed in seeds or [FLAGS.seed]:
-            run_dir = os.path.join(FLAGS.model_dir, key, f"seed{seed}") if seeds else \
-                os.path.join(FLAGS.model_dir, key)
+        for seed in seeds or [default_seed]:
+            run_dir = os.path.join(model_dir, key, f"seed{seed}") if seeds else \
+                os.path.join(model_dir, key)
             seed_flags = [f"--seed={seed}"] if seeds else []
             runs.setdefault(key, {})[seed] = run_variant(flag_args, run_dir,
                                                          [*variant_flags, *seed_flags])
@@ -234,16 +236,18 @@ def run(flag_args: list[str]) -> dict[str, dict]:
         summary = {"runs": {k: {str(s): row for s, row in r.items()} for k, r in runs.items()},
                    "summary": summaries, "paired": paired, "verdicts": lines}
     print(text, end="", flush=True)
-    _write("compare.md", text)
-    _write("compare.json", json.dumps(summary, indent=2))
+    _write(model_dir, "compare.md", text)
+    _write(model_dir, "compare.json", json.dumps(summary, indent=2))
     return summary
 
 
 def run_from_command_line() -> dict[str, dict]:
     """`run` with this process's own command-line flags, passed on to every step."""
-    config.validate_eval_flags()
-    os.makedirs(FLAGS.model_dir, exist_ok=True)
-    return run(sys.argv[1:])
+    cfg = cli.run_config_from_flags()
+    cli.section_from_flags(config.EvalConfig).validate()
+    os.makedirs(cfg.run.model_dir, exist_ok=True)
+    return run(sys.argv[1:], cfg.run.model_dir, cli.section_from_flags(config.CompareConfig),
+               cfg.run.seed)
 
 
 main = cli.main("ifnd_tf.compare", run_from_command_line, expected=(StepError,))

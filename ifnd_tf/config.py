@@ -1,192 +1,38 @@
-"""Every flag of ifnd_tf in one place, with the checks that need no data.
+"""The configuration of a run as one designed value: `RunConfig`, made of sections.
 
-Checks that need the dataset (k larger than the dataset, queue vs dataset size) live in
-`validate_against_data`, called once the dataset is loaded. Each failure is one line that names
-the flag. `RunConfig.from_flags()` reads a pre-training run's flags once, at the entry point;
-library code takes the RunConfig (or plain arguments), never FLAGS.
+Every setting is a field with its default and its help text; the command line's absl flags are
+defined from these fields in one place (cli.py), so a flag and its field cannot drift. Nothing
+here reads a flag: build a config in Python (`RunConfig()`, `RunConfig.from_flat(...)`,
+`config.replace(epochs=20)`) and call `validate()`. Each failure is one `ConfigError` line
+naming the flag. Checks that need the dataset (k larger than it, ...) are `validate_for_data`.
 """
 import dataclasses
 import json
 import os
+from typing import Any
 
-from absl import flags
-
-from ifnd_tf import clustering, confidence, distribute, losses, model, pseudo_labels
+from ifnd_tf import clustering, confidence, encoders, losses
 from ifnd_tf.errors import ConfigError
 
-FLAGS = flags.FLAGS
-
-# Data
-flags.DEFINE_string("dataset", "fashion_mnist",
-                    "fashion_mnist (offline, Debian package) | digits | folder:/path | TFDS name.")
-flags.DEFINE_string("data_dir", None, "Where the data lives (TFDS data_dir or IDX folder).")
-flags.DEFINE_bool("download", False, "Let TFDS download the dataset (needs network).")
-flags.DEFINE_integer("image_size", 28, "Side of the square training crops.")
-flags.DEFINE_bool("verify_images", True,
-                  "Image folders: decode every file once at start-up and leave out unreadable ones.")
-flags.DEFINE_bool("strict_data", False, "Stop on an unreadable image instead of skipping it.")
-
-# Model
-flags.DEFINE_enum("backbone", "small", sorted(model.BACKBONES), "Encoder backbone.")
-flags.DEFINE_float("width_multiplier", 1.0, "Channel width multiplier of the backbone.")
-flags.DEFINE_integer("embedding_dim", 128, "Output size of the projection head.")
-flags.DEFINE_bool("sync_bn", True,
-                  "Normalise with BatchNorm statistics of the global batch (SyncBN); false: each "
-                  "replica normalises its own batch, as MoCo's GPUs do (moving statistics are "
-                  "averaged over replicas either way).")
-flags.DEFINE_integer("key_bn_splits", 4,
-                     "Shuffle-BN: the global key batch is shuffled across replicas and normalised "
-                     "in this many groups, key_bn_splits / replicas on each replica, never "
-                     "synchronised (1 = off: the key encoder's BN follows --sync_bn). A multiple "
-                     "of the replicas; groups of at least 8 keys.")
-
-# MoCo v2
-flags.DEFINE_integer("epochs", 10, "Training epochs.")
-flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0 = one pass over the data.")
-flags.DEFINE_integer("batch_size", 256, "Global batch size (all replicas).")
-flags.DEFINE_float("learning_rate", 0.03, "Base SGD learning rate for batch 256 (scaled linearly).")
-flags.DEFINE_float("sgd_momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay added to the gradients.")
-flags.DEFINE_float("temperature", 0.2, "InfoNCE temperature.")
-flags.DEFINE_float("moco_momentum", 0.999, "EMA momentum of the key encoder.")
-flags.DEFINE_integer("queue_size", 4096, "Number of negative keys; a multiple of batch_size.")
-
-# IFND
-flags.DEFINE_bool("ifnd", True, "Detect false negatives; False = plain MoCo v2.")
-flags.DEFINE_enum("fn_strategy", losses.ELIMINATION, list(losses.FALSE_NEGATIVE_STRATEGIES),
-                  "What to do with detected false negatives.")
-flags.DEFINE_list("num_clusters", ["10", "20", "50"], "k of each hierarchy level.")
-flags.DEFINE_integer("warmup_epochs", 1, "Epochs before the first clustering (alpha = 0).")
-flags.DEFINE_float("alpha_start", 0.0, "Acceptance rate the schedule grows from.")
-flags.DEFINE_float("alpha_end", 1.0, "Acceptance rate at the last epoch.")
-flags.DEFINE_enum("alpha_shape", "linear", list(clustering.SCHEDULE_SHAPES),
-                  "Shape of the acceptance-rate schedule.")
-flags.DEFINE_enum("kmeans_backend", "faiss", list(clustering.BACKENDS),
-                  "k-means implementation; all three run spherical k-means (unit centroids, "
-                  "cosine assignment) from the same k-means++ seeds.")
-flags.DEFINE_integer("kmeans_iterations", 20, "Lloyd iterations per k-means.")
-flags.DEFINE_integer("kmeans_max_points_per_centroid", 256,
-                     "k-means is fitted on at most k times this many samples.")
-flags.DEFINE_integer("kmeans_threads", 0,
-                     "Cap on numpy/faiss/sklearn threads in k-means (0 = their default). 1 was "
-                     "3-4x faster on 2 cores busy with training (bench/README.md).")
-flags.DEFINE_enum("cluster_features", pseudo_labels.CENTER_VIEW,
-                  list(pseudo_labels.CLUSTER_FEATURES),
-                  "What k-means clusters: center_view = the key encoder over every un-augmented "
-                  "image at each epoch start (the paper); train_keys = each example's key from "
-                  "its latest training step, no extra pass; query_view = the query encoder over "
-                  "every un-augmented image, the pass the kNN monitor makes at the previous "
-                  "epoch's end, so one pass serves both (docs/design.md).")
-flags.DEFINE_enum("fn_confidence", "margin", list(confidence.RULES),
-                  "Which samples' cluster labels are accepted first within a cluster: margin = "
-                  "margin to the second centroid (the paper); agreement = cluster-mates shared "
-                  "with the other hierarchy levels; stability = cluster-mates kept since the "
-                  "previous epoch's pass; neighbours = fraction of the --fn_neighbours_k nearest "
-                  "neighbours in the own cluster (ifnd_tf/confidence.py).")
-flags.DEFINE_integer("fn_neighbours_k", 10, "k of --fn_confidence=neighbours.")
-flags.DEFINE_integer("fn_min_levels", 1,
-                     "A queue entry is a false negative when it shares the anchor's accepted "
-                     "label at this many hierarchy levels or more: 1 = any level (the paper's "
-                     "union); up to len(--num_clusters) = every level (a vote: fewer, surer).")
-flags.DEFINE_enum("fn_detector", losses.CLUSTERS, list(losses.FALSE_NEGATIVE_DETECTORS),
-                  "How false negatives are found: clusters = queue entries sharing an accepted "
-                  "k-means label with the anchor (the paper); quantile = each anchor's "
-                  "alpha * --fn_quantile most similar queue entries, read from the step's own "
-                  "similarities (GloFND-like; no clustering pass; --num_clusters, --fn_confidence "
-                  "and --fn_min_levels then do nothing).")
-flags.DEFINE_float("fn_quantile", 0.1,
-                   "--fn_detector=quantile: fraction of the queue masked per anchor at alpha = 1.")
-flags.DEFINE_bool("fn_oracle", False,
-                  "Ablation only: accept the TRUE labels as pseudo-labels at every level (no "
-                  "clustering), for a seeded class-balanced alpha * --fn_oracle_fraction of each "
-                  "class: the ceiling of removing false negatives. Needs a labelled dataset.")
-flags.DEFINE_float("fn_oracle_fraction", 1.0,
-                   "--fn_oracle: fraction of each class accepted when alpha reaches 1.")
-flags.DEFINE_integer("embed_batch_size", 1024, "Batch size of the clustering embedding pass.")
-
-# Runtime
-flags.DEFINE_string("model_dir", "/tmp/ifnd_tf", "Checkpoints, logs, flags.json and export.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_bool("deterministic", True,
-                  "TF op determinism: the same seed gives the same loss curve on CPU. Costs speed "
-                  "on GPU, where some ops have no deterministic kernel (docs/design.md).")
-flags.DEFINE_enum("strategy", "mirrored", list(distribute.STRATEGIES),
-                  "tf.distribute engine: mirrored (local GPUs / CPUs), multi_worker (TF_CONFIG), "
-                  "tpu, one_device.")
-flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu.")
-flags.DEFINE_integer("cpu_replicas", 1,
-                     "Without GPUs: split the CPU into this many logical devices (MirroredStrategy).")
-flags.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],
-                  "XLA for the train step: on needs --deterministic=false, and with several "
-                  "replicas --sync_bn=false (then each replica's forward/backward is compiled, "
-                  "the cross-replica ops not); auto = on for exactly one GPU with "
-                  "--deterministic=false.")
-flags.DEFINE_enum("mixed_precision", "off", ["off", "float16", "bfloat16"],
-                  "Mixed-precision policy of the encoders.")
-flags.DEFINE_integer("checkpoint_every_steps", 0,
-                     "Also checkpoint every this many steps inside an epoch (0 = at epoch ends "
-                     "only); SIGTERM / SIGINT always checkpoint the step they interrupt.")
-flags.DEFINE_integer("keep_checkpoints", 3, "Keep the newest this many checkpoints.")
-flags.DEFINE_integer("collapse_steps", 50,
-                     "Stop when the embedding has collapsed for this many steps in a row "
-                     "(0 = never): key spread below --collapse_spread (ifnd_tf/collapse.py).")
-flags.DEFINE_float("collapse_spread", 0.05,
-                   "Key spread (sqrt(1 - mean pairwise cosine) of a key batch) below which a "
-                   "step counts as collapsed; spread-out unit keys have about 1.")
-flags.DEFINE_bool("export", True, "Export the encoder as a SavedModel after training.")
-flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (2 = one line per epoch).")
+ELIMINATION, ATTRACTION = losses.ELIMINATION, losses.ATTRACTION
+# What --fn_detector names (detectors.py holds the detectors themselves).
+CLUSTERS, QUANTILE = "clusters", "quantile"
+DETECTORS = (CLUSTERS, QUANTILE)
+# What the clustering pass embeds (--cluster_features; detectors.ClusterLabels).
+CENTER_VIEW, TRAIN_KEYS, QUERY_VIEW = "center_view", "train_keys", "query_view"
+CLUSTER_FEATURES = (CENTER_VIEW, TRAIN_KEYS, QUERY_VIEW)
 
 
-# Flags that define a run: resuming from a --model_dir written with other values would mix runs.
-RUN_DEFINING_FLAGS = (
-    "dataset", "image_size", "backbone", "width_multiplier", "embedding_dim", "sync_bn",
-    "key_bn_splits", "epochs", "steps_per_epoch", "batch_size", "learning_rate", "sgd_momentum",
-    "weight_decay", "temperature", "moco_momentum", "queue_size", "ifnd", "fn_strategy",
-    "num_clusters", "warmup_epochs", "alpha_start", "alpha_end", "alpha_shape", "kmeans_backend",
-    "kmeans_iterations", "kmeans_max_points_per_centroid", "cluster_features", "seed",
-    "mixed_precision", "fn_confidence", "fn_neighbours_k", "fn_min_levels", "fn_oracle",
-    "fn_oracle_fraction", "fn_detector", "fn_quantile")
-
-
-# Evaluation: the kNN monitor of ifnd_tf.train, ifnd_tf.linear_eval, ifnd_tf.finetune and
-# ifnd_tf.compare (which pass the pre-training flags through, e.g. --flagfile).
-flags.DEFINE_integer("knn_every", 1,
-                     "kNN monitor every this many epochs and at the last epoch (0 = off): "
-                     "weighted kNN top-1 of test against train backbone features.")
-flags.DEFINE_integer("knn_k", 200, "Neighbours of the weighted kNN classifier.")
-flags.DEFINE_integer("knn_max_train", 0,
-                     "kNN monitor: compare against at most this many train examples, a fixed "
-                     "seeded subset (0 = all). Memory: this x the feature size x 4 bytes, up to 3 "
-                     "copies while scoring (ResNet-50, 2048-d: 100,000 -> 0.8 GB each; all of "
-                     "ImageNet-1k -> 10.5 GB each).")
-flags.DEFINE_float("knn_temperature", 0.1, "kNN vote weight exp(cosine similarity / this).")
-flags.DEFINE_string("saved_model", None,
-                    "linear_eval / finetune: a run's export/saved_model (encoder.keras next to it "
-                    "is loaded); default <--model_dir>/export/saved_model.")
-flags.DEFINE_string("eval_dir", None,
-                    "Where linear_eval / finetune write result.json; default <run>/linear_eval or "
-                    "<run>/finetune, beside the export folder.")
-flags.DEFINE_integer("eval_batch_size", 256, "Batch size of the linear probe and fine-tuning.")
-flags.DEFINE_enum("eval_schedule", "cosine", ["cosine", "step"],
-                  "Learning-rate schedule of the probe and fine-tuning (step: x0.1 at 60%, 80%).")
-flags.DEFINE_integer("linear_epochs", 100, "Epochs of the linear probe.")
-flags.DEFINE_float("linear_learning_rate", 0.1, "SGD learning rate of the linear probe.")
-flags.DEFINE_list("finetune_fractions", ["0.01", "0.1"],
-                  "Fractions of the train split used as labelled data (class-balanced, seeded).")
-flags.DEFINE_list("finetune_epochs", ["60", "30"], "Fine-tuning epochs, one per fraction.")
-flags.DEFINE_float("finetune_learning_rate", 0.05, "SGD learning rate of fine-tuning.")
-
-# ifnd_tf.compare (defined here so the train / probe steps it starts accept and ignore them).
-flags.DEFINE_list("seeds", [],
-                  "compare: train every variant with each of these seeds (<model_dir>/<variant>/"
-                  "seed<s>) and report mean ± sd and paired differences against MoCo v2; empty = "
-                  "one run per variant with --seed, in <model_dir>/<variant>.")
-flags.DEFINE_list("variants", ["moco", "ifnd"],
-                  "compare: the variants, in table order: moco, ifnd, oracle (--fn_oracle) or a "
-                  "name defined with --variant.")
-flags.DEFINE_multi_string("variant", [],
-                          "compare: a named flag set, name:--flag=v,--flag2=v (repeatable); "
-                          "appended to --variants unless listed there.")
+def setting(default: Any, help: str, *, choices: tuple = (), defines_run: bool = False,
+            flag: str | None = None, multi: bool = False):
+    """A config field: its default, the help of its flag, the allowed values (an enum flag);
+    defines_run: a resumed run must have the same value (`check_same_run`); flag: the flag's
+    name when it is not the field's."""
+    if isinstance(default, list):
+        default = tuple(default)
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": tuple(choices), "defines_run": defines_run, "flag": flag,
+        "multi": multi})
 
 
 def _check(condition: bool, message: str) -> None:
@@ -194,23 +40,392 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def cluster_counts() -> list[int]:
-    return _parse_cluster_counts(FLAGS.num_clusters)
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which images, at which size."""
+
+    dataset: str = setting("fashion_mnist", "fashion_mnist (offline, Debian package) | digits | "
+                           "folder:/path | TFDS name.", defines_run=True)
+    data_dir: str | None = setting(None, "Where the data lives (TFDS data_dir or IDX folder).")
+    download: bool = setting(False, "Let TFDS download the dataset (needs network).")
+    image_size: int = setting(28, "Side of the square training crops.", defines_run=True)
+    verify_images: bool = setting(True, "Image folders: decode every file once at start-up and "
+                                  "leave out unreadable ones.")
+    strict_data: bool = setting(False, "Stop on an unreadable image instead of skipping it.")
 
 
-def _parse_cluster_counts(values) -> list[int]:
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """The query encoder: backbone + MoCo v2 head (the key encoder is its momentum copy)."""
+
+    backbone: str = setting("small", "Encoder backbone: small | resnet18_cifar | resnet50 | "
+                            "keras.applications.<Name> (e.g. keras.applications.ResNet50, built "
+                            "with weights=None, include_top=False, average-pooled).",
+                            defines_run=True)
+    width_multiplier: float = setting(1.0, "Channel width multiplier of the backbone (our "
+                                      "backbones only).", defines_run=True)
+    embedding_dim: int = setting(128, "Output size of the projection head.", defines_run=True)
+    sync_bn: bool = setting(True, "Normalise with BatchNorm statistics of the global batch "
+                            "(SyncBN); false: each replica normalises its own batch, as MoCo's "
+                            "GPUs do (moving statistics are averaged over replicas either way).",
+                            defines_run=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class MoCoConfig:
+    """What MomentumContrast's step needs besides its encoders and detector."""
+
+    queue_size: int = setting(4096, "Number of negative keys; a multiple of batch_size.",
+                              defines_run=True)
+    temperature: float = setting(0.2, "InfoNCE temperature.", defines_run=True)
+    momentum: float = setting(0.999, "EMA momentum of the key encoder.", defines_run=True,
+                              flag="moco_momentum")
+    weight_decay: float = setting(1e-4, "L2 weight decay added to the loss.", defines_run=True)
+    key_bn_splits: int = setting(4, "Shuffle-BN: the global key batch is shuffled across "
+                                 "replicas and normalised in this many groups, key_bn_splits / "
+                                 "replicas on each replica, never synchronised (1 = off: the key "
+                                 "encoder's BN follows --sync_bn). A multiple of the replicas; "
+                                 "groups of at least 8 keys.", defines_run=True)
+    fn_strategy: str = setting(ELIMINATION, "What to do with detected false negatives: "
+                               "elimination drops them from the denominator, attraction makes "
+                               "them positives.", choices=losses.FALSE_NEGATIVE_STRATEGIES,
+                               defines_run=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """How long and how fast: epochs, batch, SGD."""
+
+    epochs: int = setting(10, "Training epochs.", defines_run=True)
+    steps_per_epoch: int = setting(0, "Steps per epoch; 0 = one pass over the data.",
+                                   defines_run=True)
+    batch_size: int = setting(256, "Global batch size (all replicas).", defines_run=True)
+    learning_rate: float = setting(0.03, "Base SGD learning rate for batch 256 (scaled "
+                                   "linearly), cosine decay.", defines_run=True)
+    sgd_momentum: float = setting(0.9, "SGD momentum.", defines_run=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionConfig:
+    """Which false-negative detector the command line builds, and its schedule (builder.py)."""
+
+    ifnd: bool = setting(True, "Detect false negatives; False = plain MoCo v2.", defines_run=True)
+    fn_detector: str = setting(CLUSTERS, "How false negatives are found: clusters = queue "
+                               "entries sharing an accepted k-means label with the anchor (the "
+                               "paper); quantile = each anchor's alpha * --fn_quantile most "
+                               "similar queue entries, read from the step's own similarities "
+                               "(GloFND-like; no clustering pass).", choices=DETECTORS,
+                               defines_run=True)
+    num_clusters: tuple[int, ...] = setting((10, 20, 50), "k of each hierarchy level.",
+                                            defines_run=True)
+    warmup_epochs: int = setting(1, "Epochs before the first clustering (alpha = 0).",
+                                 defines_run=True)
+    alpha_start: float = setting(0.0, "Acceptance rate the schedule grows from.",
+                                 defines_run=True)
+    alpha_end: float = setting(1.0, "Acceptance rate at the last epoch.", defines_run=True)
+    alpha_shape: str = setting("linear", "Shape of the acceptance-rate schedule.",
+                               choices=clustering.SCHEDULE_SHAPES, defines_run=True)
+    kmeans_backend: str = setting("faiss", "k-means implementation; all three run spherical "
+                                  "k-means (unit centroids, cosine assignment) from the same "
+                                  "k-means++ seeds.", choices=clustering.BACKENDS,
+                                  defines_run=True)
+    kmeans_iterations: int = setting(20, "Lloyd iterations per k-means.", defines_run=True)
+    kmeans_max_points_per_centroid: int = setting(256, "k-means is fitted on at most k times "
+                                                  "this many samples.", defines_run=True)
+    kmeans_threads: int = setting(0, "Cap on numpy/faiss/sklearn threads in k-means (0 = their "
+                                  "default). 1 was 3-4x faster on 2 cores busy with training.")
+    cluster_features: str = setting(CENTER_VIEW, "What k-means clusters: center_view = the key "
+                                    "encoder over every un-augmented image at each epoch start "
+                                    "(the paper); train_keys = each example's key from its "
+                                    "latest training step, no extra pass; query_view = the "
+                                    "query encoder's pass that the kNN monitor makes at the "
+                                    "previous epoch's end, so one pass serves both.",
+                                    choices=CLUSTER_FEATURES, defines_run=True)
+    fn_confidence: str = setting("margin", "Which samples' cluster labels are accepted first "
+                                 "within a cluster: margin = margin to the second centroid (the "
+                                 "paper); agreement = cluster-mates shared with the other "
+                                 "levels; stability = cluster-mates kept since the previous "
+                                 "pass; neighbours = fraction of the --fn_neighbours_k nearest "
+                                 "neighbours in the own cluster.", choices=confidence.RULES,
+                                 defines_run=True)
+    fn_neighbours_k: int = setting(10, "k of --fn_confidence=neighbours.", defines_run=True)
+    fn_min_levels: int = setting(1, "A queue entry is a false negative when it shares the "
+                                 "anchor's accepted label at this many hierarchy levels or "
+                                 "more: 1 = any level (the paper's union); more = a vote.",
+                                 defines_run=True)
+    fn_oracle: bool = setting(False, "Ablation only: accept the TRUE labels at every level (no "
+                              "clustering), for a seeded class-balanced alpha * "
+                              "--fn_oracle_fraction of each class. Needs a labelled dataset.",
+                              defines_run=True)
+    fn_oracle_fraction: float = setting(1.0, "--fn_oracle: fraction of each class accepted when "
+                                        "alpha reaches 1.", defines_run=True)
+    fn_quantile: float = setting(0.1, "--fn_detector=quantile: fraction of the queue masked per "
+                                 "anchor at alpha = 1.", defines_run=True)
+    embed_batch_size: int = setting(1024, "Batch size of the clustering embedding pass.")
+
+    @property
+    def detects_by_clusters(self) -> bool:
+        """IFND with the cluster-label detector: a clustering pass and a pseudo-label table."""
+        return self.ifnd and self.fn_detector == CLUSTERS and not self.fn_oracle
+
+    def acceptance_schedule(self, epochs: int) -> clustering.AcceptanceSchedule:
+        return clustering.AcceptanceSchedule(epochs, self.warmup_epochs, self.alpha_start,
+                                             self.alpha_end, self.alpha_shape)
+
+    def kmeans(self) -> clustering.KMeansSettings:
+        return clustering.KMeansSettings(self.num_clusters, self.kmeans_backend,
+                                         self.kmeans_iterations,
+                                         self.kmeans_max_points_per_centroid,
+                                         self.kmeans_threads or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the run executes: directory, seed, devices, checkpoints, guards."""
+
+    model_dir: str = setting("/tmp/ifnd_tf", "Checkpoints, logs, flags.json and export.")
+    seed: int = setting(0, "Random seed.", defines_run=True)
+    deterministic: bool = setting(True, "TF op determinism: the same seed gives the same loss "
+                                  "curve on CPU. Costs speed on GPU.")
+    strategy: str = setting("mirrored", "tf.distribute engine: mirrored (local GPUs / CPUs), "
+                            "multi_worker (TF_CONFIG), tpu, one_device.",
+                            choices=("mirrored", "multi_worker", "tpu", "one_device"))
+    tpu: str | None = setting(None, "TPU name or grpc:// address for --strategy=tpu.")
+    cpu_replicas: int = setting(1, "Without GPUs: split the CPU into this many logical devices "
+                                "(MirroredStrategy).")
+    jit_compile: str = setting("auto", "XLA for the train step: on needs --deterministic=false, "
+                               "and with several replicas --sync_bn=false; auto = on for exactly "
+                               "one GPU with --deterministic=false.", choices=("auto", "on", "off"))
+    mixed_precision: str = setting("off", "Mixed-precision policy of the encoders.",
+                                   choices=("off", "float16", "bfloat16"), defines_run=True)
+    checkpoint_every_steps: int = setting(0, "Also checkpoint every this many steps inside an "
+                                          "epoch (0 = at epoch ends only); SIGTERM / SIGINT "
+                                          "always checkpoint the step they interrupt.")
+    keep_checkpoints: int = setting(3, "Keep the newest this many checkpoints.")
+    collapse_steps: int = setting(50, "Stop when the embedding has collapsed for this many "
+                                  "steps in a row (0 = never): key spread below "
+                                  "--collapse_spread.")
+    collapse_spread: float = setting(0.05, "Key spread (sqrt(1 - mean pairwise cosine) of a key "
+                                     "batch) below which a step counts as collapsed; spread-out "
+                                     "unit keys have about 1.")
+    export: bool = setting(True, "Export the encoder as a SavedModel after training.")
+    verbose: int = setting(2, "Keras fit verbosity (2 = one line per epoch).")
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """The kNN monitor of a pre-training run (evaluation only: never changes training)."""
+
+    knn_every: int = setting(1, "kNN monitor every this many epochs and at the last epoch "
+                             "(0 = off): weighted kNN top-1 of test against train backbone "
+                             "features.")
+    knn_k: int = setting(200, "Neighbours of the weighted kNN classifier.")
+    knn_temperature: float = setting(0.1, "kNN vote weight exp(cosine similarity / this).")
+    knn_max_train: int = setting(0, "kNN monitor: compare against at most this many train "
+                                 "examples, a fixed seeded subset (0 = all). Memory: this x the "
+                                 "feature size x 4 bytes, up to 3 copies while scoring.")
+
+
+SECTIONS = {"data": DataConfig, "encoder": EncoderConfig, "moco": MoCoConfig,
+            "schedule": ScheduleConfig, "detection": DetectionConfig, "run": RuntimeConfig,
+            "monitor": MonitorConfig}
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or field.name
+
+
+def flag_fields(section_type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(section_type) if "help" in f.metadata]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A pre-training run: `python -m ifnd_tf.train` builds one from its flags, a Python user
+    directly, e.g. `RunConfig(schedule=ScheduleConfig(epochs=20))` or
+    `RunConfig().replace(epochs=20, dataset="digits")` (flag names)."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    moco: MoCoConfig = dataclasses.field(default_factory=MoCoConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    detection: DetectionConfig = dataclasses.field(default_factory=DetectionConfig)
+    run: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """{flag name: value} of every setting (lists as absl has them: strings): flags.json."""
+        return {flag_name(f): _as_flag_value(getattr(getattr(self, name), f.name))
+                for name, section in SECTIONS.items() for f in flag_fields(section)}
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> "RunConfig":
+        """The defaults with `values` ({flag name: value}, e.g. absl's or flags.json's)."""
+        return cls().replace(**values)
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with settings changed by flag name; unknown names are a ConfigError."""
+        sections = {name: {} for name in SECTIONS}
+        owner = {flag_name(f): (name, f) for name, section in SECTIONS.items()
+                 for f in flag_fields(section)}
+        for key, value in changes.items():
+            if key not in owner:
+                raise ConfigError(f"--{key}: no such setting of a pre-training run")
+            name, field = owner[key]
+            sections[name][field.name] = parse_setting(key, field, value)
+        return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **c)
+                                            for name, c in sections.items() if c})
+
+    @property
+    def num_levels(self) -> int:
+        """Hierarchy levels of the pseudo-label table (1 for plain MoCo and the quantile)."""
+        return len(self.detection.num_clusters) if self.detection.ifnd else 1
+
+    def acceptance_schedule(self) -> clustering.AcceptanceSchedule:
+        return self.detection.acceptance_schedule(self.schedule.epochs)
+
+    def validate(self, num_replicas: int = 1) -> "RunConfig":
+        """Static checks, before any data is read; returns self."""
+        _validate_schedule(self.schedule, self.moco, num_replicas)
+        _validate_encoder(self.encoder, self.data, self.moco, self.schedule, num_replicas)
+        _validate_detection(self.detection, self.schedule)
+        _validate_runtime(self.run, self.encoder, num_replicas)
+        _validate_monitor(self.monitor)
+        return self
+
+    def validate_for_data(self, num_examples: int, has_labels: bool = True) -> None:
+        """Checks that need the dataset size (and whether it has labels)."""
+        d = self.detection
+        _check(has_labels or not (d.ifnd and d.fn_oracle),
+               f"--fn_oracle needs true labels and --dataset={self.data.dataset} has none")
+        _check(num_examples >= self.schedule.batch_size,
+               f"--batch_size={self.schedule.batch_size} is larger than the dataset "
+               f"({num_examples} examples)")
+        if d.ifnd and d.fn_detector == CLUSTERS:
+            too_big = [k for k in d.num_clusters if k > num_examples]
+            _check(not too_big, f"--num_clusters: k={too_big} larger than the dataset "
+                                f"({num_examples} examples)")
+
+
+def _as_flag_value(value):
+    return [str(v) for v in value] if isinstance(value, tuple) else value
+
+
+def parse_setting(key: str, field: dataclasses.Field, value):
+    """A value as the field holds it: lists of numbers from strings (flags, flags.json)."""
+    if isinstance(field.default, tuple) and not field.metadata.get("multi"):
+        return parse_cluster_counts(value) if key == "num_clusters" else tuple(value)
+    if field.metadata.get("multi"):
+        return tuple(value)
+    return value
+
+
+def parse_cluster_counts(values) -> tuple[int, ...]:
     try:
-        ks = [int(k) for k in values]
-    except ValueError as e:
+        ks = tuple(int(k) for k in values)
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"--num_clusters must be integers, got {values}") from e
     _check(len(ks) > 0 and all(k >= 2 for k in ks), "--num_clusters: each k must be >= 2")
     return ks
 
 
-def validate_strategy_flags() -> None:
+def _validate_schedule(s: ScheduleConfig, m: MoCoConfig, num_replicas: int) -> None:
+    _check(s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}")
+    _check(s.batch_size >= 2, f"--batch_size must be >= 2, got {s.batch_size}")
+    _check(s.batch_size % num_replicas == 0,
+           f"--batch_size={s.batch_size} must be a multiple of the {num_replicas} replicas")
+    _check(m.queue_size > 0 and m.queue_size % s.batch_size == 0,
+           f"--queue_size={m.queue_size} must be a positive multiple of "
+           f"--batch_size={s.batch_size}")
+    _check(s.learning_rate > 0, f"--learning_rate must be > 0, got {s.learning_rate}")
+    _check(s.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {s.steps_per_epoch}")
+    _check(m.temperature > 0, f"--temperature must be > 0, got {m.temperature}")
+    _check(0.0 <= m.momentum < 1.0, f"--moco_momentum must be in [0, 1), got {m.momentum}")
+    _check(m.fn_strategy in losses.FALSE_NEGATIVE_STRATEGIES,
+           f"--fn_strategy must be one of {losses.FALSE_NEGATIVE_STRATEGIES}, "
+           f"got {m.fn_strategy!r}")
+
+
+def _validate_encoder(e: EncoderConfig, d: DataConfig, m: MoCoConfig, s: ScheduleConfig,
+                      num_replicas: int) -> None:
+    splits, batch = m.key_bn_splits, s.batch_size
+    _check(splits >= 1 and batch % splits == 0,
+           f"--key_bn_splits={splits} must divide --batch_size={batch}")
+    _check(splits == 1 or splits % num_replicas == 0,
+           f"--key_bn_splits={splits} must be 1 or a multiple of the {num_replicas} "
+           f"replicas (each replica normalises key_bn_splits / replicas groups of keys)")
+    _check(splits == 1 or batch // splits >= encoders.MIN_KEY_BN_GROUP,
+           f"--key_bn_splits={splits} makes shuffle-BN groups of {batch // splits} keys; use "
+           f"groups of at least {encoders.MIN_KEY_BN_GROUP} (--batch_size / --key_bn_splits)")
+    _check(e.width_multiplier > 0, f"--width_multiplier must be > 0, got {e.width_multiplier}")
+    _check(d.image_size >= 8, f"--image_size must be >= 8, got {d.image_size}")
+    encoders.check_backbone_name(e.backbone)
+    stride = encoders.BACKBONE_STRIDES.get(e.backbone, encoders.KERAS_APPLICATION_STRIDE)
+    _check(d.image_size >= stride, f"--image_size={d.image_size} is smaller than "
+                                   f"--backbone={e.backbone} takes (>= {stride}: it downsamples "
+                                   f"{stride}x)")
+
+
+def _validate_detection(d: DetectionConfig, s: ScheduleConfig) -> None:
+    _check(0.0 <= d.alpha_start <= 1.0, f"--alpha_start must be in [0, 1], got {d.alpha_start}")
+    _check(0.0 <= d.alpha_end <= 1.0, f"--alpha_end must be in [0, 1], got {d.alpha_end}")
+    _check(d.alpha_end >= d.alpha_start,  # IFND's acceptance only grows
+           f"--alpha_end={d.alpha_end} is below --alpha_start={d.alpha_start}: the acceptance "
+           "rate must not decrease (equal values give a constant rate)")
+    _check(0 <= d.warmup_epochs < s.epochs or not d.ifnd,
+           f"--warmup_epochs={d.warmup_epochs} must be in [0, --epochs={s.epochs})")
+    parse_cluster_counts(d.num_clusters)
+    _check(d.fn_neighbours_k >= 1, f"--fn_neighbours_k must be >= 1, got {d.fn_neighbours_k}")
+    _check(0.0 <= d.fn_oracle_fraction <= 1.0,
+           f"--fn_oracle_fraction must be in [0, 1], got {d.fn_oracle_fraction}")
+    _check(not d.fn_oracle or d.ifnd, "--fn_oracle needs --ifnd=true (it replaces the detector)")
+    _check(0.0 < d.fn_quantile <= 1.0, f"--fn_quantile must be in (0, 1], got {d.fn_quantile}")
+    _check(not (d.fn_oracle and d.fn_detector == QUANTILE),
+           "--fn_oracle replaces the clusters' labels; it needs --fn_detector=clusters")
+    _check(d.fn_min_levels == 1 or d.fn_detector == CLUSTERS,
+           f"--fn_min_levels={d.fn_min_levels} is a vote over cluster levels; it needs "
+           "--fn_detector=clusters")
+    if d.ifnd:
+        levels = len(d.num_clusters)
+        _check(1 <= d.fn_min_levels <= levels,
+               f"--fn_min_levels must be in [1, {levels}] (the levels of --num_clusters), "
+               f"got {d.fn_min_levels}")
+
+
+def _validate_runtime(r: RuntimeConfig, e: EncoderConfig, num_replicas: int) -> None:
+    _check(r.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {r.cpu_replicas}")
+    _check(r.checkpoint_every_steps >= 0,
+           f"--checkpoint_every_steps must be >= 0, got {r.checkpoint_every_steps}")
+    _check(r.collapse_steps >= 0, f"--collapse_steps must be >= 0, got {r.collapse_steps}")
+    _check(0 <= r.collapse_spread < 1,
+           f"--collapse_spread must be in [0, 1), got {r.collapse_spread}")
+    _check(r.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {r.keep_checkpoints}")
+    # XLA (docs/design.md "XLA"): Keras silently drops jit_compile under op determinism; with
+    # several replicas only the per-replica part is compiled, which must hold no cross-replica op.
+    _check(r.jit_compile != "on" or not r.deterministic,
+           "--jit_compile=on needs --deterministic=false: XLA-compiled ops are not covered by TF "
+           "op determinism (Keras does not compile a step under it)")
+    if r.jit_compile == "on" and num_replicas > 1:
+        _check(r.strategy == "mirrored",
+               f"--jit_compile=on with {num_replicas} replicas is supported (and tested) with "
+               f"--strategy=mirrored only, got --strategy={r.strategy}")
+        _check(not e.sync_bn,
+               f"--jit_compile=on with {num_replicas} replicas needs --sync_bn=false: SyncBN "
+               "all-reduces inside the encoder's forward pass, and MirroredStrategy cannot run a "
+               "cross-replica op inside the per-replica XLA function")
+
+
+def _validate_monitor(m: MonitorConfig) -> None:
+    _check(m.knn_every >= 0, f"--knn_every must be >= 0, got {m.knn_every}")
+    _check(m.knn_k >= 1, f"--knn_k must be >= 1, got {m.knn_k}")
+    _check(m.knn_max_train >= 0, f"--knn_max_train must be >= 0, got {m.knn_max_train}")
+    _check(m.knn_temperature > 0, f"--knn_temperature must be > 0, got {m.knn_temperature}")
+
+
+def validate_strategy(kind: str) -> None:
     """Before the strategy is made: multi_worker needs TF_CONFIG (without it TF builds a
     one-worker strategy that failed at the first batch, after flags.json and logs/ were written)."""
-    if FLAGS.strategy != "multi_worker":
+    if kind != "multi_worker":
         return
     try:
         cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster")
@@ -221,231 +436,84 @@ def validate_strategy_flags() -> None:
                           "machine use --strategy=mirrored")
 
 
-def validate_flags(num_replicas: int) -> None:
-    """Static checks of the flag values, before any data is read."""
-    f = FLAGS
-    _check(f.epochs >= 1, f"--epochs must be >= 1, got {f.epochs}")
-    _check(f.batch_size >= 2, f"--batch_size must be >= 2, got {f.batch_size}")
-    _check(f.batch_size % num_replicas == 0,
-           f"--batch_size={f.batch_size} must be a multiple of the {num_replicas} replicas")
-    _check(f.queue_size > 0 and f.queue_size % f.batch_size == 0,
-           f"--queue_size={f.queue_size} must be a positive multiple of --batch_size={f.batch_size}")
-    _check(f.key_bn_splits >= 1 and f.batch_size % f.key_bn_splits == 0,
-           f"--key_bn_splits={f.key_bn_splits} must divide --batch_size={f.batch_size}")
-    _check(f.key_bn_splits == 1 or f.key_bn_splits % num_replicas == 0,
-           f"--key_bn_splits={f.key_bn_splits} must be 1 or a multiple of the {num_replicas} "
-           f"replicas (each replica normalises key_bn_splits / replicas groups of keys)")
-    _check(f.key_bn_splits == 1 or f.batch_size // f.key_bn_splits >= model.MIN_KEY_BN_GROUP,
-           f"--key_bn_splits={f.key_bn_splits} makes shuffle-BN groups of "
-           f"{f.batch_size // f.key_bn_splits} keys; use groups of at least "
-           f"{model.MIN_KEY_BN_GROUP} (--batch_size / --key_bn_splits)")
-    _check(0.0 <= f.alpha_start <= 1.0, f"--alpha_start must be in [0, 1], got {f.alpha_start}")
-    _check(0.0 <= f.alpha_end <= 1.0, f"--alpha_end must be in [0, 1], got {f.alpha_end}")
-    _check(f.alpha_end >= f.alpha_start,  # IFND's acceptance only grows (BUILD_NOTES, issue 15)
-           f"--alpha_end={f.alpha_end} is below --alpha_start={f.alpha_start}: the acceptance "
-           "rate must not decrease (equal values give a constant rate)")
-    _check(0 <= f.warmup_epochs < f.epochs or not f.ifnd,
-           f"--warmup_epochs={f.warmup_epochs} must be in [0, --epochs={f.epochs})")
-    _check(f.temperature > 0, f"--temperature must be > 0, got {f.temperature}")
-    _check(0.0 <= f.moco_momentum < 1.0, f"--moco_momentum must be in [0, 1), got {f.moco_momentum}")
-    _check(f.learning_rate > 0, f"--learning_rate must be > 0, got {f.learning_rate}")
-    _check(f.width_multiplier > 0, f"--width_multiplier must be > 0, got {f.width_multiplier}")
-    _check(f.image_size >= 8, f"--image_size must be >= 8, got {f.image_size}")
-    stride = model.BACKBONE_STRIDES[f.backbone]
-    _check(f.image_size >= stride, f"--image_size={f.image_size} is smaller than "
-                                   f"--backbone={f.backbone} takes (>= {stride}: it downsamples "
-                                   f"{stride}x)")
-    _check(f.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {f.steps_per_epoch}")
-    _check(f.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {f.cpu_replicas}")
-    _check(f.checkpoint_every_steps >= 0,
-           f"--checkpoint_every_steps must be >= 0, got {f.checkpoint_every_steps}")
-    _check(f.collapse_steps >= 0, f"--collapse_steps must be >= 0, got {f.collapse_steps}")
-    _check(0 <= f.collapse_spread < 1, f"--collapse_spread must be in [0, 1), got {f.collapse_spread}")
-    _check(f.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {f.keep_checkpoints}")
-    # XLA (docs/design.md "XLA"): Keras silently drops jit_compile under op determinism; with
-    # several replicas only the per-replica part is compiled, which must hold no cross-replica op.
-    _check(f.jit_compile != "on" or not f.deterministic,
-           "--jit_compile=on needs --deterministic=false: XLA-compiled ops are not covered by TF "
-           "op determinism (Keras does not compile a step under it)")
-    if f.jit_compile == "on" and num_replicas > 1:
-        _check(f.strategy == "mirrored",
-               f"--jit_compile=on with {num_replicas} replicas is supported (and tested) with "
-               f"--strategy=mirrored only, got --strategy={f.strategy}")
-        _check(not f.sync_bn,
-               f"--jit_compile=on with {num_replicas} replicas needs --sync_bn=false: SyncBN "
-               "all-reduces inside the encoder's forward pass, and MirroredStrategy cannot run a "
-               "cross-replica op inside the per-replica XLA function")
-    _check(f.fn_neighbours_k >= 1, f"--fn_neighbours_k must be >= 1, got {f.fn_neighbours_k}")
-    _check(0.0 <= f.fn_oracle_fraction <= 1.0,
-           f"--fn_oracle_fraction must be in [0, 1], got {f.fn_oracle_fraction}")
-    _check(not f.fn_oracle or f.ifnd, "--fn_oracle needs --ifnd=true (it replaces the detector)")
-    _check(0.0 < f.fn_quantile <= 1.0, f"--fn_quantile must be in (0, 1], got {f.fn_quantile}")
-    _check(not (f.fn_oracle and f.fn_detector == losses.QUANTILE),
-           "--fn_oracle replaces the clusters' labels; it needs --fn_detector=clusters")
-    _check(f.fn_min_levels == 1 or f.fn_detector == losses.CLUSTERS,
-           f"--fn_min_levels={f.fn_min_levels} is a vote over cluster levels; it needs "
-           "--fn_detector=clusters")
-    if f.ifnd:
-        levels = len(cluster_counts())
-        _check(1 <= f.fn_min_levels <= levels,
-               f"--fn_min_levels must be in [1, {levels}] (the levels of --num_clusters), "
-               f"got {f.fn_min_levels}")
+RUN_DEFINING_FLAGS = tuple(flag_name(f) for section in SECTIONS.values()
+                           for f in flag_fields(section) if f.metadata["defines_run"])
 
 
-def validate_against_data(num_examples: int, has_labels: bool = True) -> None:
-    """Checks that need the dataset size (and whether it has labels)."""
-    f = FLAGS
-    _check(has_labels or not f.fn_oracle,
-           f"--fn_oracle needs true labels and --dataset={f.dataset} has none")
-    _check(num_examples >= f.batch_size,
-           f"--batch_size={f.batch_size} is larger than the dataset ({num_examples} examples)")
-    if f.ifnd and f.fn_detector == losses.CLUSTERS:
-        too_big = [k for k in cluster_counts() if k > num_examples]
-        _check(not too_big, f"--num_clusters: k={too_big} larger than the dataset "
-                            f"({num_examples} examples)")
-
-
-def check_same_run(saved: dict) -> None:
-    """Refuse to resume a run whose run-defining flags differ from the current ones."""
-    changed = [f"--{name}: {saved[name]!r} -> {FLAGS[name].value!r}" for name in RUN_DEFINING_FLAGS
-               if name in saved and saved[name] != FLAGS[name].value]
-    _check(not changed, f"--model_dir={FLAGS.model_dir} holds a run with other flags "
+def check_same_run(saved: dict, now: dict, model_dir: str) -> None:
+    """Refuse to resume a run whose run-defining settings (flags.json) differ from `now`
+    (both {flag name: value}, as RunConfig.flat gives them)."""
+    changed = [f"--{name}: {saved[name]!r} -> {now[name]!r}" for name in RUN_DEFINING_FLAGS
+               if name in saved and name in now and saved[name] != now[name]]
+    _check(not changed, f"--model_dir={model_dir} holds a run with other flags "
                         f"({'; '.join(changed)}); use a new --model_dir or the same flags")
 
 
-def validate_eval_flags() -> None:
-    """Checks of the evaluation flags (kNN monitor, linear_eval, finetune)."""
-    f = FLAGS
-    _check(f.knn_every >= 0, f"--knn_every must be >= 0, got {f.knn_every}")
-    _check(f.knn_k >= 1, f"--knn_k must be >= 1, got {f.knn_k}")
-    _check(f.knn_max_train >= 0, f"--knn_max_train must be >= 0, got {f.knn_max_train}")
-    _check(f.knn_temperature > 0, f"--knn_temperature must be > 0, got {f.knn_temperature}")
-    _check(f.eval_batch_size >= 1, f"--eval_batch_size must be >= 1, got {f.eval_batch_size}")
-    _check(f.linear_epochs >= 1, f"--linear_epochs must be >= 1, got {f.linear_epochs}")
-    _check(f.linear_learning_rate > 0,
-           f"--linear_learning_rate must be > 0, got {f.linear_learning_rate}")
-    _check(f.finetune_learning_rate > 0,
-           f"--finetune_learning_rate must be > 0, got {f.finetune_learning_rate}")
-    finetune_plan()
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation commands: linear_eval and finetune (and the probes compare runs)."""
 
+    saved_model: str | None = setting(None, "linear_eval / finetune: a run's export/saved_model "
+                                      "(encoder.keras next to it is loaded); default "
+                                      "<--model_dir>/export/saved_model.")
+    eval_dir: str | None = setting(None, "Where linear_eval / finetune write result.json; "
+                                   "default <run>/linear_eval or <run>/finetune.")
+    eval_batch_size: int = setting(256, "Batch size of the linear probe and fine-tuning.")
+    eval_schedule: str = setting("cosine", "Learning-rate schedule of the probe and fine-tuning "
+                                 "(step: x0.1 at 60%, 80%).", choices=("cosine", "step"))
+    linear_epochs: int = setting(100, "Epochs of the linear probe.")
+    linear_learning_rate: float = setting(0.1, "SGD learning rate of the linear probe.")
+    finetune_fractions: tuple[str, ...] = setting(("0.01", "0.1"), "Fractions of the train split "
+                                                  "used as labelled data (class-balanced, "
+                                                  "seeded).")
+    finetune_epochs: tuple[str, ...] = setting(("60", "30"), "Fine-tuning epochs, one per "
+                                               "fraction.")
+    finetune_learning_rate: float = setting(0.05, "SGD learning rate of fine-tuning.")
 
-def finetune_plan() -> list[tuple[float, int]]:
-    """(labelled fraction, epochs) pairs from --finetune_fractions and --finetune_epochs."""
-    f = FLAGS
-    try:
-        fractions = [float(x) for x in f.finetune_fractions]
-        epochs = [int(x) for x in f.finetune_epochs]
-    except ValueError as e:
-        raise ConfigError(f"--finetune_fractions / --finetune_epochs must be numbers: {e}") from e
-    _check(len(fractions) == len(epochs) > 0,
-           f"--finetune_epochs needs one value per --finetune_fractions value, got "
-           f"{f.finetune_epochs} for {f.finetune_fractions}")
-    _check(all(0 < x <= 1 for x in fractions),
-           f"--finetune_fractions must be in (0, 1], got {f.finetune_fractions}")
-    _check(all(e >= 1 for e in epochs), f"--finetune_epochs must be >= 1, got {f.finetune_epochs}")
-    return list(zip(fractions, epochs))
+    def validate(self) -> "EvalConfig":
+        _check(self.eval_batch_size >= 1,
+               f"--eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        _check(self.linear_epochs >= 1, f"--linear_epochs must be >= 1, got {self.linear_epochs}")
+        _check(self.linear_learning_rate > 0,
+               f"--linear_learning_rate must be > 0, got {self.linear_learning_rate}")
+        _check(self.finetune_learning_rate > 0,
+               f"--finetune_learning_rate must be > 0, got {self.finetune_learning_rate}")
+        self.finetune_plan()
+        return self
+
+    def finetune_plan(self) -> list[tuple[float, int]]:
+        """(labelled fraction, epochs) pairs."""
+        try:
+            fractions = [float(x) for x in self.finetune_fractions]
+            epochs = [int(x) for x in self.finetune_epochs]
+        except ValueError as e:
+            raise ConfigError(f"--finetune_fractions / --finetune_epochs must be numbers: {e}") \
+                from e
+        _check(len(fractions) == len(epochs) > 0,
+               f"--finetune_epochs needs one value per --finetune_fractions value, got "
+               f"{list(self.finetune_epochs)} for {list(self.finetune_fractions)}")
+        _check(all(0 < x <= 1 for x in fractions),
+               f"--finetune_fractions must be in (0, 1], got {list(self.finetune_fractions)}")
+        _check(all(e >= 1 for e in epochs),
+               f"--finetune_epochs must be >= 1, got {list(self.finetune_epochs)}")
+        return list(zip(fractions, epochs))
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """The flags of a pre-training run as one value: read once by train.py (`from_flags`), or
-    made from the flag defaults with changes (`defaults(**changes)`) by bench/ and tests."""
+class CompareConfig:
+    """ifnd_tf.compare: which variants, which seeds."""
 
-    dataset: str
-    data_dir: str | None
-    download: bool
-    image_size: int
-    verify_images: bool
-    strict_data: bool
-    backbone: str
-    width_multiplier: float
-    embedding_dim: int
-    sync_bn: bool
-    key_bn_splits: int
-    epochs: int
-    steps_per_epoch: int
-    batch_size: int
-    learning_rate: float
-    sgd_momentum: float
-    weight_decay: float
-    temperature: float
-    moco_momentum: float
-    queue_size: int
-    ifnd: bool
-    fn_strategy: str
-    num_clusters: tuple[int, ...]
-    warmup_epochs: int
-    alpha_start: float
-    alpha_end: float
-    alpha_shape: str
-    kmeans_backend: str
-    kmeans_iterations: int
-    kmeans_max_points_per_centroid: int
-    kmeans_threads: int
-    cluster_features: str
-    fn_confidence: str
-    fn_neighbours_k: int
-    fn_min_levels: int
-    fn_oracle: bool
-    fn_oracle_fraction: float
-    fn_detector: str
-    fn_quantile: float
-    embed_batch_size: int
-    model_dir: str
-    seed: int
-    deterministic: bool
-    strategy: str
-    tpu: str | None
-    cpu_replicas: int
-    jit_compile: str
-    mixed_precision: str
-    export: bool
-    verbose: int
-    checkpoint_every_steps: int
-    keep_checkpoints: int
-    collapse_steps: int
-    collapse_spread: float
-    knn_every: int
-    knn_k: int
-    knn_temperature: float
-    knn_max_train: int
+    seeds: tuple[str, ...] = setting((), "compare: train every variant with each of these seeds "
+                                     "(<model_dir>/<variant>/seed<s>) and report mean ± sd and "
+                                     "paired differences against MoCo v2; empty = one run per "
+                                     "variant with --seed, in <model_dir>/<variant>.")
+    variants: tuple[str, ...] = setting(("moco", "ifnd"), "compare: the variants, in table "
+                                        "order: moco, ifnd, oracle (--fn_oracle) or a name "
+                                        "defined with --variant.")
+    variant: tuple[str, ...] = setting((), "compare: a named flag set, "
+                                       "name:--flag=v,--flag2=v (repeatable); appended to "
+                                       "--variants unless listed there.", multi=True)
 
-    @classmethod
-    def from_flags(cls) -> "RunConfig":
-        """The parsed flags (validate_flags first: num_clusters is parsed here)."""
-        return cls._make({name: FLAGS[name].value for name in cls._names()})
 
-    @classmethod
-    def defaults(cls, **changes) -> "RunConfig":
-        """The flag defaults with `changes`, without parsing a command line."""
-        return dataclasses.replace(
-            cls._make({name: FLAGS[name].default for name in cls._names()}), **changes)
-
-    @classmethod
-    def _names(cls) -> list[str]:
-        return [field.name for field in dataclasses.fields(cls)]
-
-    @classmethod
-    def _make(cls, values: dict) -> "RunConfig":
-        ks = tuple(_parse_cluster_counts(values["num_clusters"]))
-        return cls(**{**values, "num_clusters": ks})
-
-    @property
-    def detects_by_clusters(self) -> bool:
-        """IFND with the paper's detector: a clustering pass and a pseudo-label table."""
-        return self.ifnd and self.fn_detector == losses.CLUSTERS
-
-    @property
-    def num_levels(self) -> int:
-        """Rows of the pseudo-label table: one per hierarchy level (1 for plain MoCo)."""
-        return len(self.num_clusters) if self.ifnd else 1
-
-    def acceptance_schedule(self) -> clustering.AcceptanceSchedule:
-        return clustering.AcceptanceSchedule(self.epochs, self.warmup_epochs, self.alpha_start,
-                                             self.alpha_end, self.alpha_shape)
-
-    def kmeans(self) -> clustering.KMeansSettings:
-        return clustering.KMeansSettings(self.num_clusters, self.kmeans_backend,
-                                         self.kmeans_iterations,
-                                         self.kmeans_max_points_per_centroid,
-                                         self.kmeans_threads or None)
+# Every section the command line defines flags for, in --helpfull order.
+COMMAND_LINE_SECTIONS = (*SECTIONS.values(), EvalConfig, CompareConfig)

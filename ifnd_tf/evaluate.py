@@ -1,7 +1,7 @@
 """What linear_eval and finetune share: the standard evaluation protocols.
 
 Loading the exported encoder, class-balanced labelled subsets, the SGD set-up of the
-classifiers and result.json (weighted kNN: knn.py; labelled pipelines: data.py).
+classifiers and result.json (weighted kNN: knn.py; labelled pipelines: data.py). No flags: the commands pass values.
 """
 import json
 import os
@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import config, data, distribute
+from ifnd_tf import config, distribute, sources
 
 STEP_BOUNDARIES = (0.6, 0.8)  # step schedule: lr x 0.1 at 60 % and 80 % of training (MoCo)
 
@@ -20,16 +20,17 @@ def export_dir_of(saved_model: str) -> str:
     return os.path.dirname(os.path.normpath(os.path.abspath(saved_model)))
 
 
-def from_flags(name: str) -> tuple[str, str, tf.distribute.Strategy, data.Source, data.Source]:
-    """What an evaluation command needs, from the flags: the SavedModel path (default
-    <--model_dir>/export/saved_model), the folder for result.json (default <run>/<name>,
-    beside the export folder), the strategy, and the train and test splits."""
-    f = config.FLAGS
-    config.validate_eval_flags()
-    saved_model = f.saved_model or os.path.join(f.model_dir, "export", "saved_model")
-    eval_dir = f.eval_dir or os.path.join(os.path.dirname(export_dir_of(saved_model)), name)
-    strategy = distribute.make_strategy(f.cpu_replicas)
-    splits = [data.load_source(f.dataset, split, f.data_dir, f.download)
+def setup(name: str, cfg: config.RunConfig, ev: config.EvalConfig
+          ) -> tuple[str, str, tf.distribute.Strategy, sources.Source, sources.Source]:
+    """What an evaluation command needs: the SavedModel path (default
+    <model_dir>/export/saved_model), the folder for result.json (default <run>/<name>, beside
+    the export folder), the strategy, and the train and test splits."""
+    ev.validate()
+    saved_model = ev.saved_model or os.path.join(cfg.run.model_dir, "export", "saved_model")
+    eval_dir = ev.eval_dir or os.path.join(os.path.dirname(export_dir_of(saved_model)), name)
+    strategy = distribute.make_strategy(cfg.run.cpu_replicas)
+    d = cfg.data
+    splits = [sources.load_source(d.dataset, split, d.data_dir, d.download)
               for split in ("train", "test")]
     return saved_model, eval_dir, strategy, *splits
 

@@ -17,6 +17,8 @@ import os
 import keras
 import tensorflow as tf
 
+from ifnd_tf import keras_compat
+
 
 def export_encoder(encoder: keras.Model, export_dir: str) -> str:
     """Write the encoder with `features`, `embedding` and `serve` (= embedding) signatures."""
@@ -32,13 +34,5 @@ def export_encoder(encoder: keras.Model, export_dir: str) -> str:
     return saved_model_dir
 
 
-@keras.saving.register_keras_serializable(package="ifnd_tf")
-class SavedModelLayer(keras.layers.TFSMLayer):
-    """keras.layers.TFSMLayer whose weights have valid Keras names (no ':0'), so any optimizer
-    can fine-tune through it. Arguments as TFSMLayer's."""
-
-    def _add_existing_weight(self, weight):
-        variable = keras.Variable(initializer=weight, trainable=weight.trainable,
-                                  dtype=weight.dtype, shape=weight.shape,
-                                  name=weight.name.split(":")[0].replace("/", "_"))
-        self._track_variable(variable)
+# Re-exported: fine-tuning from the SavedModel alone (keras_compat.py says why it exists).
+SavedModelLayer = keras_compat.SavedModelLayer

@@ -18,8 +18,7 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
 import keras
 import tensorflow as tf
 
-from ifnd_tf import cli, config, data, evaluate
-from ifnd_tf.config import FLAGS
+from ifnd_tf import cli, config, data, evaluate, sources
 
 
 def classifier(encoder: keras.Model, num_classes: int) -> keras.Model:
@@ -28,7 +27,7 @@ def classifier(encoder: keras.Model, num_classes: int) -> keras.Model:
     return keras.Model(encoder.input, logits, name="finetuned")
 
 
-def finetune(saved_model: str, train_source: data.Source, test_source: data.Source,
+def finetune(saved_model: str, train_source: sources.Source, test_source: sources.Source,
              strategy: tf.distribute.Strategy, fraction: float, epochs: int, batch_size: int,
              learning_rate: float, schedule: str, image_size: int, seed: int) -> dict:
     """Fine-tune a fresh copy of the exported encoder on a labelled subset; test accuracy."""
@@ -49,20 +48,21 @@ def finetune(saved_model: str, train_source: data.Source, test_source: data.Sour
 
 def run() -> dict:
     """Fine-tune once per labelled fraction named by the flags; write result.json."""
-    f = FLAGS
-    saved_model, eval_dir, strategy, train_source, test_source = evaluate.from_flags("finetune")
+    cfg, ev = cli.run_config_from_flags(), cli.section_from_flags(config.EvalConfig)
+    saved_model, eval_dir, strategy, train_source, test_source = evaluate.setup(
+        "finetune", cfg, ev)
     runs = []
-    for fraction, epochs in config.finetune_plan():
-        keras.utils.set_random_seed(f.seed)
+    for fraction, epochs in ev.finetune_plan():
+        keras.utils.set_random_seed(cfg.run.seed)
         result = finetune(saved_model, train_source, test_source, strategy, fraction, epochs,
-                          f.eval_batch_size, f.finetune_learning_rate, f.eval_schedule,
-                          f.image_size, f.seed)
+                          ev.eval_batch_size, ev.finetune_learning_rate, ev.eval_schedule,
+                          cfg.data.image_size, cfg.run.seed)
         print(f"fine-tuned on {fraction:.0%} of the labels ({result['labelled_examples']} "
               f"examples, {epochs} epochs): top-1 {result['top1']:.4f}, "
               f"top-5 {result['top5']:.4f}", flush=True)
         runs.append(result)
-    summary = {"saved_model": saved_model, "learning_rate": f.finetune_learning_rate,
-               "batch_size": f.eval_batch_size, "schedule": f.eval_schedule, "runs": runs}
+    summary = {"saved_model": saved_model, "learning_rate": ev.finetune_learning_rate,
+               "batch_size": ev.eval_batch_size, "schedule": ev.eval_schedule, "runs": runs}
     print(f"wrote {evaluate.write_result(eval_dir, summary)}", flush=True)
     return summary
 

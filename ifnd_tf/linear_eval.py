@@ -21,12 +21,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import cli, data, evaluate
-from ifnd_tf.config import FLAGS
+from ifnd_tf import cli, config, data, evaluate, sources
 from ifnd_tf.embedding import DatasetEmbedder
 
 
-def backbone_features(encoder: keras.Model, source: data.Source,
+def backbone_features(encoder: keras.Model, source: sources.Source,
                       strategy: tf.distribute.Strategy, batch_size: int, image_size: int,
                       flip: bool = False) -> np.ndarray:
     """Inference-mode backbone features [N, D] of the centre crop (or its mirror image)."""
@@ -65,7 +64,7 @@ def weights_equal(before: list[np.ndarray], model: keras.Model) -> bool:
     return len(before) == len(after) and all(np.array_equal(b, a) for b, a in zip(before, after))
 
 
-def probe(encoder: keras.Model, train_source: data.Source, test_source: data.Source,
+def probe(encoder: keras.Model, train_source: sources.Source, test_source: sources.Source,
           strategy: tf.distribute.Strategy, epochs: int, batch_size: int, learning_rate: float,
           schedule: str, image_size: int, embed_batch_size: int, seed: int) -> dict:
     """Train the linear probe and measure it on the test split; the backbone must not change."""
@@ -89,15 +88,16 @@ def probe(encoder: keras.Model, train_source: data.Source, test_source: data.Sou
 
 def run() -> dict:
     """Load the encoder and data named by the flags, probe, write result.json."""
-    f = FLAGS
-    saved_model, eval_dir, strategy, train_source, test_source = evaluate.from_flags(
-        "linear_eval")
-    keras.utils.set_random_seed(f.seed)
+    cfg, ev = cli.run_config_from_flags(), cli.section_from_flags(config.EvalConfig)
+    saved_model, eval_dir, strategy, train_source, test_source = evaluate.setup(
+        "linear_eval", cfg, ev)
+    keras.utils.set_random_seed(cfg.run.seed)
+    image_size = cfg.data.image_size
     with strategy.scope():
-        encoder = evaluate.load_encoder(saved_model, f.image_size)
-    result = probe(encoder, train_source, test_source, strategy, f.linear_epochs,
-                   f.eval_batch_size, f.linear_learning_rate, f.eval_schedule, f.image_size,
-                   f.embed_batch_size, f.seed)
+        encoder = evaluate.load_encoder(saved_model, image_size)
+    result = probe(encoder, train_source, test_source, strategy, ev.linear_epochs,
+                   ev.eval_batch_size, ev.linear_learning_rate, ev.eval_schedule, image_size,
+                   cfg.detection.embed_batch_size, cfg.run.seed)
     result["saved_model"] = saved_model
     path = evaluate.write_result(eval_dir, result)
     print(f"linear probe: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "

@@ -1,66 +1,15 @@
-"""Contrastive losses with false-negative handling.
+"""Contrastive losses with false-negative handling (the mask comes from detectors.py).
 
-All functions are pure: they take similarities and labels and return tensors, so the
-method's core can be tested against hand-computed numbers.
+All functions are pure: they take logits and masks and return tensors, so the method's core
+can be tested against hand-computed numbers.
 """
 import tensorflow as tf
 
 ELIMINATION = "elimination"
 ATTRACTION = "attraction"
 FALSE_NEGATIVE_STRATEGIES = (ELIMINATION, ATTRACTION)
-# How false negatives are detected (--fn_detector): shared accepted cluster labels (the paper),
-# or each anchor's most similar fraction of the queue (GloFND-like, no clustering).
-CLUSTERS = "clusters"
-QUANTILE = "quantile"
-FALSE_NEGATIVE_DETECTORS = (CLUSTERS, QUANTILE)
-
 # Large finite stand-in for -inf: keeps logsumexp and argmax free of NaN.
 _MASKED_LOGIT = -1e9
-
-
-def false_negative_mask(anchor_labels: tf.Tensor, queue_labels: tf.Tensor,
-                        min_levels: int = 1) -> tf.Tensor:
-    """Which queue entries share an accepted pseudo-label with each anchor.
-
-    Args:
-      anchor_labels: int [levels, batch], -1 where the anchor has no accepted label.
-      queue_labels: int [levels, queue], -1 where the entry has no accepted label.
-      min_levels: how many hierarchy levels must agree: 1 is the paper's union (any level);
-        more is a vote that trades recall for precision (docs/design.md, "Method evidence").
-    Returns:
-      bool [batch, queue]: True where anchor and entry agree at >= min_levels levels.
-      Unlabeled (-1) never matches anything, not even another -1.
-    """
-    same = tf.equal(anchor_labels[:, :, None], queue_labels[:, None, :])
-    agree = tf.logical_and(same, tf.greater_equal(anchor_labels, 0)[:, :, None])
-    if min_levels == 1:
-        return tf.reduce_any(agree, axis=0)
-    return tf.reduce_sum(tf.cast(agree, tf.int32), axis=0) >= min_levels
-
-
-def nearest_fraction_mask(similarities: tf.Tensor, valid: tf.Tensor,
-                          fraction: tf.Tensor | float) -> tf.Tensor:
-    """Each anchor's `fraction` of the valid queue entries most similar to it.
-
-    GloFND (Balmaseda et al. 2025, arXiv 2502.20612) learns a per-anchor threshold at the
-    dataset-wide (1 - fraction) quantile of the anchor's similarities, by SGD, because it sees
-    only mini-batch negatives; the MoCo queue is a large random sample of the dataset, so the
-    quantile is read from it directly, every step (docs/design.md, "Method evidence").
-
-    Args:
-      similarities: float [batch, queue], e.g. the queue columns of the logits.
-      valid: bool [queue]: entries holding a real key (not the queue's random start rows).
-      fraction: scalar in [0, 1]; n = round(fraction * valid entries) per anchor.
-    Returns:
-      bool [batch, queue]: valid entries at or above the anchor's n-th largest valid
-      similarity (ties at the threshold included); all False when n = 0.
-    """
-    count = tf.cast(tf.round(tf.cast(fraction, tf.float32)
-                             * tf.reduce_sum(tf.cast(valid, tf.float32))), tf.int32)
-    candidates = tf.where(valid[None, :], similarities, similarities.dtype.min)
-    ranked = tf.sort(candidates, axis=1, direction="DESCENDING")
-    threshold = tf.gather(ranked, tf.maximum(count - 1, 0), axis=1)[:, None]
-    return tf.logical_and(tf.logical_and(candidates >= threshold, valid[None, :]), count > 0)
 
 
 def contrastive_logits(query: tf.Tensor, key: tf.Tensor, queue: tf.Tensor,
@@ -81,7 +30,7 @@ def ifnd_loss(logits: tf.Tensor, fn_mask: tf.Tensor, strategy: str = ELIMINATION
 
     Args:
       logits: [batch, 1 + queue] from `contrastive_logits`.
-      fn_mask: bool [batch, queue] from `false_negative_mask`.
+      fn_mask: bool [batch, queue] from a detector (detectors.py).
       strategy: "elimination" removes masked entries from the denominator;
         "attraction" treats them as extra positives and averages -log p over the positive set
         (SupCon style) with the full denominator.
