@@ -19,9 +19,9 @@ import os
 import statistics
 
 from bench import common
-from ifnd_tf import callbacks, compare, pseudo_labels
+from ifnd_tf import callbacks, compare, config
 
-MODES = (pseudo_labels.CENTER_VIEW, pseudo_labels.TRAIN_KEYS)
+MODES = (config.CENTER_VIEW, config.TRAIN_KEYS)
 
 
 def summarize(history: list[dict]) -> dict:

@@ -25,10 +25,10 @@ import tensorflow as tf
 import threadpoolctl
 
 from bench import common
-from ifnd_tf import clustering, data, diagnostics, pseudo_labels
+from ifnd_tf import clustering, config, data, diagnostics, sources
 from ifnd_tf.embedding import DatasetEmbedder
 
-FEATURES = (pseudo_labels.CENTER_VIEW, pseudo_labels.TRAIN_KEYS)
+FEATURES = (config.CENTER_VIEW, config.TRAIN_KEYS)
 
 # dataset -> (backbone, image size, width, batch, key_bn_splits): the demo and the CIFAR config.
 SETUPS = {"fashion_mnist": ("small", 28, 0.5, 256, 4),
@@ -36,11 +36,11 @@ SETUPS = {"fashion_mnist": ("small", 28, 0.5, 256, 4),
 KS = (10, 20, 50)
 
 
-def synthetic_source(num_examples: int, image_size: int, seed: int = 0) -> data.Source:
+def synthetic_source(num_examples: int, image_size: int, seed: int = 0) -> sources.Source:
     """Random uint8 RGB images in memory, 10 random labels: CIFAR's size without the download."""
     rng = np.random.default_rng(seed)
     pixels = tf.constant(rng.integers(0, 256, (num_examples, image_size, image_size, 3), np.uint8))
-    return data.Source("synthetic", lambda i: tf.gather(pixels, i), num_examples,
+    return sources.Source("synthetic", lambda i: tf.gather(pixels, i), num_examples,
                        rng.integers(0, 10, num_examples), 10, in_memory=True)
 
 
@@ -55,7 +55,7 @@ class _StepClock(keras.callbacks.Callback):
         self.times.append(time.perf_counter())
 
 
-def fit_runner(moco, source: data.Source, batch: int, image_size: int, steps: int,
+def fit_runner(moco, source: sources.Source, batch: int, image_size: int, steps: int,
                warmup_steps: int = 2):
     """A function running `steps` training steps through `fit` on the real augmentation
     pipeline, and the list of each call's steady seconds per step (after `warmup_steps`: the
@@ -75,7 +75,7 @@ def fit_runner(moco, source: data.Source, batch: int, image_size: int, steps: in
     return fit, step_seconds
 
 
-def embed_runner(moco, source: data.Source, embed_batch: int, image_size: int, subset: int,
+def embed_runner(moco, source: sources.Source, embed_batch: int, image_size: int, subset: int,
                  strategy):
     """The key-encoder pass over the whole set (over `subset` examples when > 0, to extrapolate).
 
@@ -142,7 +142,7 @@ def main() -> None:
     cifar = args.dataset == "synthetic_cifar"
     subset = args.embed_subset if args.embed_subset is not None else (4096 if cifar else 0)
     steps = args.steps or (5 if cifar else 60)
-    source = synthetic_source(50_000, image_size) if cifar else data.load_source(args.dataset)
+    source = synthetic_source(50_000, image_size) if cifar else sources.load_source(args.dataset)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     models = {features: common.build_moco(
         common.model_config(backbone, image_size, batch, width, splits, cluster_features=features),
@@ -153,16 +153,16 @@ def main() -> None:
 
     runners = {f: fit_runner(moco, source, batch, image_size, steps) for f, moco in models.items()}
     timed_parts = {f"fit {f}": fit for f, (fit, _) in runners.items()}
-    embed, fraction, embeddings = embed_runner(models[pseudo_labels.CENTER_VIEW], source,
+    embed, fraction, embeddings = embed_runner(models[config.CENTER_VIEW], source,
                                                args.embed_batch, image_size, subset, strategy)
-    table = models[pseudo_labels.TRAIN_KEYS].train_keys
+    table = models[config.TRAIN_KEYS].train_keys
     timed_parts |= {"embed": embed, "read train_keys": table.numpy}
     # Training and the embedding pass alternate, so load from other work hits both alike.
     timed = common.alternate(timed_parts, args.rounds)
     step_s = {f: step_seconds for f, (_, step_seconds) in runners.items()}
     epoch_s = {f: statistics.median(s) * steps_per_epoch for f, s in step_s.items()}
-    features_s = {pseudo_labels.CENTER_VIEW: statistics.median(timed["embed"]) / fraction,
-                  pseudo_labels.TRAIN_KEYS: statistics.median(timed["read train_keys"])}
+    features_s = {config.CENTER_VIEW: statistics.median(timed["embed"]) / fraction,
+                  config.TRAIN_KEYS: statistics.median(timed["read train_keys"])}
     labels, _ = clustering.hierarchical_pseudo_labels(embeddings, KS, 1.0, "faiss", 0)
     start = time.perf_counter()
     diagnostics.label_quality(labels, source.labels, list(KS))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import builder, config, pseudo_labels
+from ifnd_tf import builder, config
 
 RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
 NUM_EXAMPLES = 50_000  # size of the index space of synthetic batches (CIFAR-size)
@@ -29,9 +29,9 @@ def set_threads(threads: int) -> None:
 
 def model_config(backbone: str, image_size: int, batch_size: int, width: float = 1.0,
                  key_bn_splits: int = 4, mixed_precision: str = "off",
-                 cluster_features: str = pseudo_labels.CENTER_VIEW) -> config.RunConfig:
+                 cluster_features: str = config.CENTER_VIEW) -> config.RunConfig:
     """The run config of a benchmarked model (demo / CIFAR values otherwise)."""
-    return config.RunConfig.defaults(
+    return config.RunConfig().replace(
         backbone=backbone, image_size=image_size, batch_size=batch_size, width_multiplier=width,
         key_bn_splits=key_bn_splits, queue_size=4096, num_clusters=(10, 20, 50),
         moco_momentum=0.99, learning_rate=0.06, weight_decay=5e-4, epochs=10,
@@ -44,8 +44,8 @@ def build_moco(cfg: config.RunConfig, jit: bool, strategy: tf.distribute.Strateg
     import keras
 
     policy = keras.mixed_precision.global_policy()
-    if cfg.mixed_precision != "off":
-        keras.mixed_precision.set_global_policy(f"mixed_{cfg.mixed_precision}")
+    if cfg.run.mixed_precision != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{cfg.run.mixed_precision}")
     try:
         with strategy.scope():
             return builder.build_model(cfg, num_examples, steps_per_epoch, jit)

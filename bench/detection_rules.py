@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from bench import common
-from ifnd_tf import clustering, confidence, diagnostics
+from ifnd_tf import clustering, confidence, diagnostics, sources
 
 
 def embed_run(run_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -40,7 +40,7 @@ def embed_run(run_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
     with open(os.path.join(run_dir, "flags.json")) as f:
         flags = json.load(f)
     encoder = keras.models.load_model(os.path.join(run_dir, "export", "encoder.keras"))
-    source = data.load_source(flags["dataset"], "train", flags.get("data_dir"))
+    source = sources.load_source(flags["dataset"], "train", flags.get("data_dir"))
     if source.labels is None:
         raise SystemExit(f"bench.detection_rules: error: {flags['dataset']} has no labels")
     pipeline = data.embedding_pipeline(source, 1024, flags["image_size"])

@@ -13,14 +13,14 @@ import time
 
 import tensorflow as tf
 
-from ifnd_tf import data, model
+from ifnd_tf import data, encoders, sources
 
 
 def main() -> None:
     tf.config.threading.set_intra_op_parallelism_threads(2)
     tf.config.threading.set_inter_op_parallelism_threads(2)
-    source = data.load_source("fashion_mnist")
-    encoder = model.build_encoder("small", 28, 0.5)
+    source = sources.load_source("fashion_mnist")
+    encoder = encoders.build_encoder("small", 28, 0.5)
     for batch in (256, 1024, 4096):
         pipeline = data.embedding_pipeline(source, batch, 28)
         for jit in (False, True):

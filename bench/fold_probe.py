@@ -1,4 +1,4 @@
-"""Inference pass cost: the encoder with BatchNorm vs model.FoldedEncoder (BN folded into the
+"""Inference pass cost: the encoder with BatchNorm vs embedding.FoldedEncoder (BN folded into the
 convolutions), each with and without XLA, alternating in one process.
 
     python -m bench.fold_probe                       # demo model: small, 28 px, width 0.5
@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench import common
-from ifnd_tf import model
+from ifnd_tf import embedding, encoders
 
 
 def main() -> None:
@@ -33,10 +33,10 @@ def main() -> None:
     args = parser.parse_args()
     common.set_threads(args.threads)
     keras.utils.set_random_seed(0)
-    encoder = model.build_encoder(args.backbone, args.image_size, args.width, 128, bn_groups=4)
+    encoder = encoders.build_encoder(args.backbone, args.image_size, args.width, 128, bn_groups=4)
     images = tf.random.uniform([args.batch, args.image_size, args.image_size, 3])
     encoder(images[:256], training=True)  # BN statistics away from their initial values
-    folded = model.FoldedEncoder(encoder)
+    folded = embedding.FoldedEncoder(encoder)
     variants = {
         "BatchNorm": tf.function(lambda x: encoder(x, training=False)["embedding"]),
         "folded": tf.function(lambda x: folded(x)["embedding"]),

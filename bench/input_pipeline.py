@@ -18,10 +18,10 @@ import tensorflow as tf
 
 from bench import common
 from bench.clustering_share import SETUPS, synthetic_source
-from ifnd_tf import data
+from ifnd_tf import data, sources
 
 
-def pipeline_runner(source: data.Source, batch: int, image_size: int, batches: int, rounds: int):
+def pipeline_runner(source: sources.Source, batch: int, image_size: int, batches: int, rounds: int):
     """A function pulling `batches` two-view batches from `data.train_pipeline`."""
     stream = data.train_pipeline(source, batch, image_size, seed=0,
                                  num_steps=batches * (rounds + 1))
@@ -38,7 +38,7 @@ def pipeline_runner(source: data.Source, batch: int, image_size: int, batches: i
 def measure(dataset: str, batches: int, steps: int, rounds: int, strategy) -> dict:
     backbone, image_size, width, batch, splits = SETUPS[dataset]
     source = (synthetic_source(50_000, image_size) if dataset == "synthetic_cifar"
-              else data.load_source(dataset))
+              else sources.load_source(dataset))
     moco = common.build_moco(common.model_config(backbone, image_size, batch, width, splits),
                              False, strategy, source.num_examples)
     common.fill_pseudo_labels(moco, (10, 20, 50))

@@ -22,19 +22,19 @@ import time
 import tensorflow as tf
 
 from bench import common
-from ifnd_tf import builder, data, model, preemption
+from ifnd_tf import builder, data, encoders, preemption, sources
 
 
 def main(autotune: bool, distributed: bool) -> list[float]:
     tf.config.threading.set_intra_op_parallelism_threads(2)
     tf.config.threading.set_inter_op_parallelism_threads(2)
-    source = data.load_source("fashion_mnist")
+    source = sources.load_source("fashion_mnist")
     options = tf.data.Options()
     options.autotune.enabled = autotune
     pipeline = data.embedding_pipeline(source, 1024, 28).with_options(options)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     with strategy.scope():
-        encoder = model.build_encoder("small", 28, 0.5)
+        encoder = encoders.build_encoder("small", 28, 0.5)
     batches = strategy.experimental_distribute_dataset(pipeline) if distributed else pipeline
     step = tf.function(
         lambda x: strategy.run(lambda y: encoder(y, training=False)["embedding"], (x,)))
@@ -52,13 +52,13 @@ def main(autotune: bool, distributed: bool) -> list[float]:
 def training_drop(rounds: int, batches: int = 150, pause: float = 0.2) -> dict[str, list[float]]:
     """Seconds to drop the training input's iterator after `batches` batches, per variant."""
     cfg = common.model_config("small", 28, 256, 0.5)
-    source = data.load_source("fashion_mnist")
+    source = sources.load_source("fashion_mnist")
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     phase = preemption.Phase(first_epoch=0, end_epoch=1, steps_per_epoch=batches, start_step=0)
 
     def tf_default():
         return strategy.distribute_datasets_from_function(
-            lambda context: data.train_pipeline(source, cfg.batch_size, cfg.image_size, cfg.seed,
+            lambda context: data.train_pipeline(source, cfg.schedule.batch_size, cfg.data.image_size, cfg.run.seed,
                                                 num_steps=batches, input_context=context))
 
     variants = {"ours": lambda: builder.train_input(cfg, source, strategy, phase),

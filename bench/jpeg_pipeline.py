@@ -39,7 +39,7 @@ import psutil  # installed with tensorflow-datasets
 import tensorflow as tf
 
 from bench import common, imagenet_like
-from ifnd_tf import data
+from ifnd_tf import data, sources
 
 
 def cpu_seconds() -> float:
@@ -66,7 +66,7 @@ def timed_pass(views) -> dict:
 
 def ours_runner(root: str, batch: int, image_size: int, batches: int, cores: int):
     """Round r pulls batches r*batches ... of the (seed 0) stream, with a fresh iterator."""
-    source = data.load_source(f"folder:{root}", verify_images=False)
+    source = sources.load_source(f"folder:{root}", verify_images=False)
     options = tf.data.Options()
     options.threading.private_threadpool_size = cores
     rounds = itertools.count()

@@ -18,7 +18,7 @@ import os
 import time
 
 from bench import common, imagenet_like
-from ifnd_tf import data
+from ifnd_tf import sources
 
 
 def timed(function) -> tuple[float, object]:
@@ -46,18 +46,18 @@ def main() -> None:
     if os.path.exists(cache):
         os.remove(cache)
 
-    parallel = data.LISTING_THREADS
-    data.LISTING_THREADS = 1
-    list_serial, listing = timed(lambda: data._list_class_folders(split_dir))
-    data.LISTING_THREADS = parallel
-    list_parallel, _ = timed(lambda: data._list_class_folders(split_dir))
-    first, source = timed(lambda: data.load_source(dataset, cache_dir=model_dir))
-    restart, again = timed(lambda: data.load_source(dataset, cache_dir=model_dir))
+    parallel = sources.LISTING_THREADS
+    sources.LISTING_THREADS = 1
+    list_serial, listing = timed(lambda: sources._list_class_folders(split_dir))
+    sources.LISTING_THREADS = parallel
+    list_parallel, _ = timed(lambda: sources._list_class_folders(split_dir))
+    first, source = timed(lambda: sources.load_source(dataset, cache_dir=model_dir))
+    restart, again = timed(lambda: sources.load_source(dataset, cache_dir=model_dir))
     assert again.num_examples == source.num_examples == len(listing.paths)
     changed = listing.paths[::100]  # 1 %: new mtime, same bytes
     for path in changed:
         os.utime(path)
-    partial, _ = timed(lambda: data.load_source(dataset, cache_dir=model_dir))
+    partial, _ = timed(lambda: sources.load_source(dataset, cache_dir=model_dir))
 
     rows = [("listing, 1 thread", list_serial),
             (f"listing, {parallel} threads", list_parallel),

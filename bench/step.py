@@ -22,7 +22,7 @@ import statistics
 import tensorflow as tf
 
 from bench import common
-from ifnd_tf import pseudo_labels
+from ifnd_tf import config
 
 # backbone -> (image size, width multiplier, batch): the small net at the width every recorded
 # result used (the demo's until 2026-11-28, now 0.375: --variants=width); CIFAR ResNet-18.
@@ -44,7 +44,7 @@ def _variant_models(kind: str, backbone: str, batch: int, strategy, pairs: dict)
     if kind == "jit":
         return {"jit off": build(), "jit on": build(jit=True)}
     if kind == "train_keys":
-        return {name: build(cluster_features=name) for name in pseudo_labels.CLUSTER_FEATURES}
+        return {name: build(cluster_features=name) for name in config.CLUSTER_FEATURES}
     if kind == "crop":
         return {f"{size} px": build(image_size=size) for size in pairs["crop"]}
     if kind == "width":

@@ -4,7 +4,7 @@ A detector finds, at every training step, the queue entries that share the ancho
 class (false negatives). It declares only what is its own:
   build_state(num_examples, dim)   its variables (checkpointed with the model), once
   refresh(epoch, alpha, inputs)    at each epoch start, eagerly: cluster, read labels, ...
-  mask(anchor_ids, queue_ids, similarities) -> bool [batch, queue], pure TF inside train_step
+  mask(anchor_ids, queue_ids, cosines)  -> bool [batch, queue], pure TF inside train_step
   observe(keys, ids)               after each step: the global batch of new keys (optional)
 `MomentumContrast(encoder, num_examples, detector)` calls mask and observe; the epoch-start
 callback (pseudo_labels.PseudoLabelCallback) calls refresh with the acceptance rate alpha.
@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from ifnd_tf import clustering, diagnostics
+from ifnd_tf.confidence import RULES
 from ifnd_tf.config import CENTER_VIEW, CLUSTER_FEATURES, QUERY_VIEW, TRAIN_KEYS
 from ifnd_tf.embedding import DatasetEmbedder, SharedPass
 
@@ -104,6 +105,9 @@ class FalseNegativeDetector(keras.layers.Layer):
         self.true_labels = None
         self.step_metrics: list[keras.metrics.Metric] = []
 
+    def get_config(self):
+        return {**super().get_config(), "count_true_labels": self.count_true_labels}
+
     def build_state(self, num_examples: int, embedding_dim: int) -> None:
         """Create the detector's variables (the model calls this in its strategy scope)."""
         self.num_examples = num_examples
@@ -119,7 +123,7 @@ class FalseNegativeDetector(keras.layers.Layer):
     def mask(self, anchor_ids: tf.Tensor, queue_ids: tf.Tensor,
              similarities: tf.Tensor) -> tf.Tensor:
         """bool [batch, queue]: the false negatives of each anchor. queue_ids are -1 for empty
-        slots; similarities are the step's query-queue cosines / temperature (no gradient)."""
+        slots; similarities are the step's query-queue cosines (no gradient)."""
         raise NotImplementedError
 
     def refresh(self, epoch: int, alpha: float, inputs: EpochInputs) -> tuple[dict, dict]:
@@ -251,6 +255,8 @@ class ClusterLabels(LabelTable):
         super().__init__(tuple(kmeans.num_clusters), min_levels, **kwargs)
         if features not in CLUSTER_FEATURES:
             raise ValueError(f"features must be one of {CLUSTER_FEATURES}, got {features!r}")
+        if confidence not in RULES:
+            raise ValueError(f"confidence must be one of {RULES}, got {confidence!r}")
         self.kmeans = kmeans
         self.confidence = {"rule": confidence, "neighbours_k": neighbours_k}
         self.features = features
@@ -313,8 +319,18 @@ class ClusterLabels(LabelTable):
         return self.embedder()
 
     def get_config(self):
-        return {**super().get_config(), "kmeans": dataclasses.asdict(self.kmeans),
-                "features": self.features, "seed": self.seed, **self.confidence}
+        config = {**super().get_config(), "kmeans": dataclasses.asdict(self.kmeans),
+                  "confidence": self.confidence["rule"],
+                  "neighbours_k": self.confidence["neighbours_k"], "features": self.features,
+                  "seed": self.seed}
+        del config["levels"]  # the k-means hierarchy's
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        kmeans = dict(config.pop("kmeans"))
+        kmeans["num_clusters"] = tuple(kmeans["num_clusters"])
+        return cls(clustering.KMeansSettings(**kmeans), **config)
 
 
 class OracleLabels(LabelTable):

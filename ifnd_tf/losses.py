@@ -12,12 +12,22 @@ FALSE_NEGATIVE_STRATEGIES = (ELIMINATION, ATTRACTION)
 _MASKED_LOGIT = -1e9
 
 
+def similarities(query: tf.Tensor, key: tf.Tensor,
+                 queue: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Cosines of unit vectors: (query-key [batch, 1], query-queue [batch, queue])."""
+    positive = tf.reduce_sum(query * key, axis=1, keepdims=True)
+    return positive, tf.matmul(query, queue, transpose_b=True)
+
+
+def logits_from(positive: tf.Tensor, negatives: tf.Tensor, temperature: float) -> tf.Tensor:
+    """MoCo logits [batch, 1 + queue]: column 0 is the positive key, then the queue."""
+    return tf.concat([positive, negatives], axis=1) / temperature
+
+
 def contrastive_logits(query: tf.Tensor, key: tf.Tensor, queue: tf.Tensor,
                        temperature: float) -> tf.Tensor:
-    """MoCo logits [batch, 1 + queue]: column 0 is the positive key, then the queue."""
-    positive = tf.reduce_sum(query * key, axis=1, keepdims=True)
-    negatives = tf.matmul(query, queue, transpose_b=True)
-    return tf.concat([positive, negatives], axis=1) / temperature
+    """MoCo logits [batch, 1 + queue] of unit query, key and queue vectors."""
+    return logits_from(*similarities(query, key, queue), temperature)
 
 
 def _with_positive_column(mask: tf.Tensor, positive: bool) -> tf.Tensor:

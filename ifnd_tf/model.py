@@ -146,11 +146,11 @@ class MomentumContrast(keras_compat.NoSymbolicBuild, keras.Model):
         return tf.cast(self.key_encoder(images, training=True)["embedding"], tf.float32)
 
     def false_negatives(self, index: tf.Tensor, queue_ids: tf.Tensor,
-                        logits: tf.Tensor) -> tf.Tensor:
+                        cosines: tf.Tensor) -> tf.Tensor:
         """The detector's mask bool [batch, queue] (all False without a detector)."""
         if self.detector is None:
-            return tf.zeros(tf.shape(logits[:, 1:]), tf.bool)
-        return self.detector.mask(index, queue_ids, tf.stop_gradient(logits[:, 1:]))
+            return tf.zeros(tf.shape(cosines), tf.bool)
+        return self.detector.mask(index, queue_ids, tf.stop_gradient(cosines))
 
     def _query_loss_and_gradients(self, index: tf.Tensor, view_q: tf.Tensor, keys: tf.Tensor,
                                   queue_keys: tf.Tensor, queue_ids: tf.Tensor):
@@ -159,8 +159,9 @@ class MomentumContrast(keras_compat.NoSymbolicBuild, keras.Model):
         variables = self.encoder.trainable_variables
         with tf.GradientTape() as tape:
             query = tf.cast(self.encoder(view_q, training=True)["embedding"], tf.float32)
-            logits = losses.contrastive_logits(query, keys, queue_keys, self.settings.temperature)
-            fn_mask = self.false_negatives(index, queue_ids, logits)
+            positive, cosines = losses.similarities(query, keys, queue_keys)
+            logits = losses.logits_from(positive, cosines, self.settings.temperature)
+            fn_mask = self.false_negatives(index, queue_ids, cosines)
             loss = tf.reduce_mean(losses.ifnd_loss(logits, fn_mask, self.settings.fn_strategy))
             total = loss + losses.weight_decay_loss(variables, self.settings.weight_decay)
             # Gradients are summed over replicas: scale so the step matches one big batch.

@@ -14,7 +14,7 @@ import sys
 
 import tensorflow as tf
 
-from ifnd_tf import clustering, data, diagnostics, evaluate
+from ifnd_tf import clustering, data, diagnostics, evaluate, sources
 from ifnd_tf.embedding import DatasetEmbedder
 
 K_LISTS = ([10], [20], [50], [100], [10, 20, 50], [50, 100, 200])
@@ -22,7 +22,7 @@ ALPHAS = (0.2, 0.5, 1.0)
 
 
 def main(run_dir: str) -> None:
-    source = data.load_source("fashion_mnist", "train")
+    source = sources.load_source("fashion_mnist", "train")
     encoder = evaluate.load_encoder(f"{run_dir}/export/saved_model")
     embeddings = DatasetEmbedder(encoder, tf.distribute.get_strategy(),
                                  data.embedding_pipeline(source, 1024, 28), source.num_examples)()

@@ -14,12 +14,12 @@ import time
 
 import tensorflow as tf
 
-from ifnd_tf import data, evaluate, knn, linear_eval
+from ifnd_tf import evaluate, knn, linear_eval, sources
 
 
 def main(saved_model: str) -> None:
     strategy = tf.distribute.get_strategy()
-    train, test = (data.load_source("fashion_mnist", split) for split in ("train", "test"))
+    train, test = (sources.load_source("fashion_mnist", split) for split in ("train", "test"))
     encoder = evaluate.load_encoder(saved_model)
     start = time.perf_counter()
     train_features = linear_eval.backbone_features(encoder, train, strategy, 1024, 28)

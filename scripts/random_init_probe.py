@@ -12,14 +12,14 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
 import keras
 import tensorflow as tf
 
-from ifnd_tf import data, linear_eval, model
+from ifnd_tf import encoders, linear_eval, sources
 
 
 def main() -> None:
-    train, test = data.load_source("digits", "train"), data.load_source("digits", "test")
+    train, test = sources.load_source("digits", "train"), sources.load_source("digits", "test")
     for seed in range(3):
         keras.utils.set_random_seed(seed)
-        encoder = model.build_encoder("small", 16, 0.25, embedding_dim=32)
+        encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=32)
         result = linear_eval.probe(encoder, train, test, tf.distribute.get_strategy(), 100, 256,
                                    0.1, "cosine", 16, 512, 0)
         print(seed, result["top1"], flush=True)

@@ -28,11 +28,12 @@ def pytest_configure(config):
     capture = config.pluginmanager.getplugin("capturemanager")
     runtime.prepare(before_exec=capture.stop_global_capturing if capture else None)
     import tensorflow as tf
-    from absl import flags
+
+    from ifnd_tf import cli
 
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    flags.FLAGS.mark_as_parsed()  # library code reads flag defaults; tests override via flagsaver
+    cli.FLAGS.mark_as_parsed()  # the commands' run() read flags; tests override via flagsaver
 
 
 # The modules with the longest runs, longest first (seconds in one fresh-clone run: docs/results.md,
@@ -109,17 +110,17 @@ def read_metrics_csv(model_dir) -> list[dict[str, float]]:
 
 
 def smoke_config(**changes):
-    """The RunConfig of flags/smoke.cfg (its model and IFND settings), with `changes`."""
-    from ifnd_tf import config
+    """The RunConfig of flags/smoke.cfg (its model and IFND settings), with `changes` (flag
+    names), read with the flags' own parsers."""
+    from ifnd_tf import cli, config
 
     smoke = {}
     with open(os.path.join(ROOT, "flags", "smoke.cfg")) as f:
         for line in f:
             if line.startswith("--"):
                 name, value = line[2:].strip().split("=", 1)
-                smoke[name] = config.FLAGS[name].parser.parse(value)
-    smoke["num_clusters"] = tuple(int(k) for k in smoke["num_clusters"])
-    return config.RunConfig.defaults(**{**smoke, **changes})
+                smoke[name] = cli.FLAGS[name].parser.parse(value)
+    return config.RunConfig.from_flat({**smoke, **changes})
 
 
 def small_moco(strategy, num_examples: int, steps_per_epoch: int = 4, **changes):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from conftest import smoke_config
 
-from ifnd_tf import builder, data, preemption
+from ifnd_tf import builder, data, preemption, sources
 
 
 @pytest.mark.parametrize("replicas", ["one_replica", "two_replicas"])
@@ -14,8 +14,8 @@ def test_cpu_replicas_get_their_rows_of_the_global_stream_from_untuned_pipelines
     they are the one-pipeline stream, from a resumed step on."""
     strategy = request.getfixturevalue(replicas)
     cfg = smoke_config()
-    source = data.load_source("digits")
-    whole = list(data.train_pipeline(source, cfg.batch_size, cfg.image_size, cfg.seed,
+    source = sources.load_source("digits")
+    whole = list(data.train_pipeline(source, cfg.schedule.batch_size, cfg.data.image_size, cfg.run.seed,
                                      start_step=3, num_steps=3))
     built = []
     pipeline = data.train_pipeline
@@ -49,14 +49,14 @@ def test_query_view_clustering_reuses_the_knn_monitors_pass(features, shared, on
 
     from ifnd_tf import embedding, monitors, pseudo_labels
 
-    source = data.load_source("digits")
+    source = sources.load_source("digits")
     cfg = smoke_config(cluster_features=features, knn_every=1, knn_k=20)
     moco = small_moco(one_replica, source.num_examples, cluster_features=features)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=moco), str(tmp_path / "ck"), 1)
-    phase = preemption.fit_phases(0, 4, cfg.epochs)[0]
-    made = builder.make_callbacks(cfg, moco, source, manager,
-                                  preemption.RunPosition(moco.metrics), 4, phase,
-                                  preemption.StopRequest(), str(tmp_path))
+    phase = preemption.fit_phases(0, 4, cfg.schedule.epochs)[0]
+    made = builder.make_callbacks(cfg, moco, source, builder.RunParts(
+        manager, preemption.RunPosition(moco.metrics), 4, phase, preemption.StopRequest(),
+        str(tmp_path)))
     kinds = [type(c).__name__ for c in made]  # the lock is checked before the epoch is logged
     assert kinds.index("WriterLockCheck") < kinds.index("MetricsCsv") < kinds.index(
         "StepCheckpointer")
@@ -68,7 +68,7 @@ def test_query_view_clustering_reuses_the_knn_monitors_pass(features, shared, on
     assert monitor.train_pass is labeller.query_pass
     for callback in (monitor, labeller):
         callback.set_model(moco)
-        callback.set_params({"epochs": cfg.epochs})
+        callback.set_params({"epochs": cfg.schedule.epochs})
     passes = []
     if shared:
         inner = monitor.train_pass.embedder
@@ -83,14 +83,14 @@ def test_query_view_clustering_reuses_the_knn_monitors_pass(features, shared, on
 
     def clustered(encoder, epoch):
         table = embedding.DatasetEmbedder(encoder, one_replica, data.embedding_pipeline(
-            source, cfg.embed_batch_size, cfg.image_size), source.num_examples)()
-        return cfg.kmeans().pseudo_labels(table, cfg.acceptance_schedule().alpha(epoch),
-                                          seed=cfg.seed + 1000 * epoch)[0]
+            source, cfg.detection.embed_batch_size, cfg.data.image_size), source.num_examples)()
+        return cfg.detection.kmeans().pseudo_labels(
+            table, cfg.acceptance_schedule().alpha(epoch), seed=cfg.run.seed + 1000 * epoch)[0]
 
     used = moco.encoder if shared else moco.key_encoder
-    np.testing.assert_array_equal(moco.pseudo_labels.numpy(), clustered(used, 1))
+    np.testing.assert_array_equal(moco.detector.pseudo_labels.numpy(), clustered(used, 1))
     other = moco.key_encoder if shared else moco.encoder
-    assert (moco.pseudo_labels.numpy() != clustered(other, 1)).any()
+    assert (moco.detector.pseudo_labels.numpy() != clustered(other, 1)).any()
     if not shared:
         assert "shared_pass" not in labeller.epoch_logs
         return
@@ -98,4 +98,4 @@ def test_query_view_clustering_reuses_the_knn_monitors_pass(features, shared, on
     moco.optimizer.iterations.assign(8)  # trained since, no monitor: the clustering's own pass
     labeller.on_epoch_begin(2)
     assert passes == [1] and labeller.epoch_logs["shared_pass"] == 0.0
-    np.testing.assert_array_equal(moco.pseudo_labels.numpy(), clustered(moco.encoder, 2))
+    np.testing.assert_array_equal(moco.detector.pseudo_labels.numpy(), clustered(moco.encoder, 2))

@@ -1,9 +1,16 @@
+import ast
 import dataclasses
+import glob
+import os
 
 import pytest
 from absl.testing import flagsaver
 
-from ifnd_tf import config
+from ifnd_tf import cli, config
+
+
+def _validate(num_replicas=1, **changes):
+    config.RunConfig().replace(**changes).validate(num_replicas)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -19,17 +26,19 @@ from ifnd_tf import config
     ({"moco_momentum": 1.0}, "--moco_momentum must be in \\[0, 1\\)"),
     ({"backbone": "resnet50", "image_size": 16},
      "--image_size=16 is smaller than --backbone=resnet50 takes \\(>= 32: it downsamples 32x\\)"),
+    ({"backbone": "keras.applications.NoSuchNet"}, "--backbone=keras.applications.NoSuchNet: "
+                                                   "keras.applications has no 'NoSuchNet'"),
+    ({"backbone": "vgg"}, "--backbone must be one of"),
 ])
-def test_bad_flag_values_name_the_flag(overrides, message):
-    with flagsaver.flagsaver(**overrides), pytest.raises(config.ConfigError, match=message):
-        config.validate_flags(num_replicas=1)
+def test_bad_values_name_the_flag(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        _validate(**overrides)
 
 
 def test_defaults_are_valid_and_batch_must_split_over_replicas():
-    config.validate_flags(num_replicas=1)
-    with flagsaver.flagsaver(batch_size=255, queue_size=255 * 4), \
-            pytest.raises(config.ConfigError, match="multiple of the 2 replicas"):
-        config.validate_flags(num_replicas=2)
+    assert config.RunConfig().validate(1) == config.RunConfig()
+    with pytest.raises(config.ConfigError, match="multiple of the 2 replicas"):
+        _validate(2, batch_size=255, queue_size=255 * 4)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -39,63 +48,126 @@ def test_defaults_are_valid_and_batch_must_split_over_replicas():
      "with --strategy=mirrored only, got --strategy=multi_worker"),
 ])
 def test_xla_that_cannot_compile_is_refused(overrides, message):
-    with flagsaver.flagsaver(jit_compile="on", **overrides), \
-            pytest.raises(config.ConfigError, match=message):
-        config.validate_flags(num_replicas=2)
-    with flagsaver.flagsaver(jit_compile="on", deterministic=False, sync_bn=False):
-        config.validate_flags(num_replicas=2)  # per-replica XLA on two mirrored replicas
+    with pytest.raises(config.ConfigError, match=message):
+        _validate(2, jit_compile="on", **overrides)
+    _validate(2, jit_compile="on", deterministic=False, sync_bn=False)  # per-replica XLA
 
 
 def test_k_larger_than_dataset_is_rejected_before_training():
-    with flagsaver.flagsaver(num_clusters=["10", "5000"], batch_size=64):
-        with pytest.raises(config.ConfigError, match="--num_clusters: k=\\[5000\\] larger than the dataset"):
-            config.validate_against_data(num_examples=1437)
-        config.validate_against_data(num_examples=6000)
+    cfg = config.RunConfig().replace(num_clusters=[10, 5000], batch_size=64)
+    with pytest.raises(config.ConfigError, match="--num_clusters: k=\\[5000\\] larger than the dataset"):
+        cfg.validate_for_data(num_examples=1437)
+    cfg.validate_for_data(num_examples=6000)
 
 
 def test_key_bn_splits_must_spread_evenly_over_replicas():
-    with flagsaver.flagsaver(batch_size=96, queue_size=96 * 4, key_bn_splits=3), \
-            pytest.raises(config.ConfigError, match="--key_bn_splits=3 must be 1 or a multiple "
-                                                     "of the 2 replicas"):
-        config.validate_flags(num_replicas=2)
+    with pytest.raises(config.ConfigError, match="--key_bn_splits=3 must be 1 or a multiple "
+                                                 "of the 2 replicas"):
+        _validate(2, batch_size=96, queue_size=96 * 4, key_bn_splits=3)
 
 
 def test_run_config_is_read_once_from_the_flags():
     with flagsaver.flagsaver(num_clusters=["5", "7"], temperature=0.5, ifnd=True):
-        cfg = config.RunConfig.from_flags()
-    assert cfg.num_clusters == (5, 7) and cfg.temperature == 0.5 and cfg.num_levels == 2
-    assert config.RunConfig.from_flags().temperature == 0.2  # a value, not a view of FLAGS
+        cfg = cli.run_config_from_flags()
+    assert cfg.detection.num_clusters == (5, 7) and cfg.moco.temperature == 0.5
+    assert cfg.num_levels == 2
+    assert cli.run_config_from_flags().moco.temperature == 0.2  # a value, not a view of FLAGS
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.temperature = 1.0
+        cfg.moco.temperature = 1.0
 
 
-def test_run_config_defaults_with_changes_need_no_command_line():
-    cfg = config.RunConfig.defaults(ifnd=False, alpha_shape="cosine", epochs=6, warmup_epochs=2)
-    assert cfg.num_levels == 1 and cfg.backbone == config.FLAGS["backbone"].default
+def test_sections_have_defaults_on_their_fields_and_need_no_command_line():
+    cfg = config.RunConfig(schedule=config.ScheduleConfig(epochs=6),
+                           detection=config.DetectionConfig(ifnd=False, alpha_shape="cosine",
+                                                            warmup_epochs=2))
+    assert cfg.num_levels == 1 and cfg.encoder.backbone == "small"
     assert cfg.acceptance_schedule().alpha(3) == pytest.approx(0.5)
-    assert cfg.kmeans().threads is None  # --kmeans_threads=0: the libraries' default
+    assert cfg.detection.kmeans().threads is None  # --kmeans_threads=0: the libraries' default
+    assert cfg.replace(epochs=6, ifnd=False, alpha_shape="cosine", warmup_epochs=2) == \
+        config.RunConfig().replace(epochs=6, ifnd=False, alpha_shape="cosine", warmup_epochs=2)
+    with pytest.raises(config.ConfigError, match="^--no_such_flag: no such setting"):
+        cfg.replace(no_such_flag=1)
+
+
+def test_every_field_is_one_flag_and_every_flag_one_field():
+    """The flags are defined from the fields (cli.py): same names, defaults and help."""
+    fields = {config.flag_name(f): f for section in config.COMMAND_LINE_SECTIONS
+              for f in config.flag_fields(section)}
+    defined = {name for name, flag in cli.FLAGS.__flags.items()
+               if cli.FLAGS.find_module_defining_flag(name) == cli.__name__}
+    assert defined == set(fields)
+    for name, field in fields.items():
+        default = field.default
+        expected = [str(v) for v in default] if isinstance(default, tuple) else default
+        assert cli.FLAGS[name].default == expected, name
+        assert field.metadata["help"] in cli.FLAGS[name].help, name  # enums: "<a|b>: help"
+
+
+def test_flat_values_round_trip_and_match_the_flags():
+    cfg = config.RunConfig().replace(num_clusters=(5, 7), seed=3, backbone="resnet50")
+    flat = cfg.flat()
+    assert flat["num_clusters"] == ["5", "7"] and flat["moco_momentum"] == 0.999
+    assert config.RunConfig.from_flat(flat) == cfg
+    with flagsaver.flagsaver(num_clusters=["5", "7"], seed=3, backbone="resnet50"):
+        assert cli.run_config_from_flags() == cfg
+
+
+def test_old_flags_json_keys_are_still_written():
+    """flags.json of runs made before the config had sections used these names: a resume
+    compares them one to one."""
+    old = {"dataset", "image_size", "backbone", "width_multiplier", "embedding_dim", "sync_bn",
+           "key_bn_splits", "epochs", "steps_per_epoch", "batch_size", "learning_rate",
+           "sgd_momentum", "weight_decay", "temperature", "moco_momentum", "queue_size", "ifnd",
+           "fn_strategy", "num_clusters", "warmup_epochs", "alpha_start", "alpha_end",
+           "alpha_shape", "kmeans_backend", "kmeans_iterations",
+           "kmeans_max_points_per_centroid", "cluster_features", "seed", "mixed_precision",
+           "fn_confidence", "fn_neighbours_k", "fn_min_levels", "fn_oracle",
+           "fn_oracle_fraction", "fn_detector", "fn_quantile"}
+    assert set(config.RUN_DEFINING_FLAGS) == old
+    assert old <= set(config.RunConfig().flat())
+
+
+def test_a_changed_run_defining_setting_is_refused_in_one_line():
+    saved = config.RunConfig().flat()
+    now = config.RunConfig().replace(learning_rate=0.05, kmeans_threads=1).flat()
+    with pytest.raises(config.ConfigError, match=r"^--model_dir=/r holds a run with other flags "
+                                                 r"\(--learning_rate: 0.03 -> 0.05\); "):
+        config.check_same_run(saved, now, "/r")
+    config.check_same_run(saved, config.RunConfig().replace(kmeans_threads=1).flat(), "/r")
+
+
+def test_library_modules_read_no_flag():
+    """Only the command line's edge (cli.py) defines or reads absl flags."""
+    package = os.path.join(os.path.dirname(os.path.dirname(__file__)), "ifnd_tf")
+    for path in glob.glob(os.path.join(package, "*.py")):
+        if os.path.basename(path) == "cli.py":
+            continue
+        tree = ast.parse(open(path).read())
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and node.module == "absl" for alias in node.names}
+        assert "flags" not in imported, path
+        names = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+        names |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        assert "FLAGS" not in names, path
 
 
 def test_oracle_is_refused_without_labels_or_without_ifnd():
-    with flagsaver.flagsaver(fn_oracle=True, dataset="folder:/x", batch_size=64):
-        with pytest.raises(config.ConfigError,
-                           match="^--fn_oracle needs true labels and --dataset=folder:/x has none$"):
-            config.validate_against_data(num_examples=1437, has_labels=False)
-        config.validate_against_data(num_examples=1437, has_labels=True)
-    with flagsaver.flagsaver(fn_oracle=True, ifnd=False), \
-            pytest.raises(config.ConfigError, match="--fn_oracle needs --ifnd=true"):
-        config.validate_flags(num_replicas=1)
-    with flagsaver.flagsaver(fn_oracle_fraction=1.5), \
-            pytest.raises(config.ConfigError, match="--fn_oracle_fraction must be in"):
-        config.validate_flags(num_replicas=1)
+    cfg = config.RunConfig().replace(fn_oracle=True, dataset="folder:/x", batch_size=64)
+    with pytest.raises(config.ConfigError,
+                       match="^--fn_oracle needs true labels and --dataset=folder:/x has none$"):
+        cfg.validate_for_data(num_examples=1437, has_labels=False)
+    cfg.validate_for_data(num_examples=1437, has_labels=True)
+    with pytest.raises(config.ConfigError, match="--fn_oracle needs --ifnd=true"):
+        _validate(fn_oracle=True, ifnd=False)
+    with pytest.raises(config.ConfigError, match="--fn_oracle_fraction must be in"):
+        _validate(fn_oracle_fraction=1.5)
 
 
 @pytest.mark.parametrize("value", [0, 4])
 def test_vote_beyond_the_hierarchy_names_the_flag(value):
-    with flagsaver.flagsaver(fn_min_levels=value, num_clusters=["10", "20", "50"]), \
-            pytest.raises(config.ConfigError,
-                          match=rf"--fn_min_levels must be in \[1, 3\] .*got {value}"):
-        config.validate_flags(num_replicas=1)
+    with pytest.raises(config.ConfigError,
+                       match=rf"--fn_min_levels must be in \[1, 3\] .*got {value}"):
+        _validate(fn_min_levels=value, num_clusters=[10, 20, 50])
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -104,20 +176,20 @@ def test_vote_beyond_the_hierarchy_names_the_flag(value):
     ({"fn_detector": "quantile", "fn_oracle": True}, "^--fn_oracle replaces the clusters' labels"),
     ({"fn_detector": "quantile", "fn_min_levels": 2}, "^--fn_min_levels=2 is a vote over cluster"),
 ])
-def test_quantile_detector_flags_are_checked(overrides, message):
-    with flagsaver.flagsaver(**overrides), pytest.raises(config.ConfigError, match=message):
-        config.validate_flags(num_replicas=1)
-    with flagsaver.flagsaver(fn_detector="quantile", fn_quantile=0.05):
-        config.validate_flags(num_replicas=1)
-
-
-def test_detection_flags_define_the_run():
-    assert {"fn_oracle", "fn_oracle_fraction", "fn_confidence", "fn_neighbours_k",
-            "fn_min_levels", "fn_detector", "fn_quantile"} <= set(
-        config.RUN_DEFINING_FLAGS)
+def test_quantile_detector_settings_are_checked(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        _validate(**overrides)
+    _validate(fn_detector="quantile", fn_quantile=0.05)
 
 
 def test_negative_knn_max_train_names_the_flag():
-    with flagsaver.flagsaver(knn_max_train=-1), \
-            pytest.raises(config.ConfigError, match="--knn_max_train must be >= 0, got -1"):
-        config.validate_eval_flags()
+    with pytest.raises(config.ConfigError, match="--knn_max_train must be >= 0, got -1"):
+        _validate(knn_max_train=-1)
+
+
+def test_eval_settings_are_checked():
+    with pytest.raises(config.ConfigError, match="--linear_epochs must be >= 1, got 0"):
+        config.EvalConfig(linear_epochs=0).validate()
+    with pytest.raises(config.ConfigError, match="one value per --finetune_fractions"):
+        config.EvalConfig(finetune_fractions=("0.1",), finetune_epochs=("1", "2")).validate()
+    assert config.EvalConfig().finetune_plan() == [(0.01, 60), (0.1, 30)]

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from conftest import counting_reads, write_image_folder
 
-from ifnd_tf import data
+from ifnd_tf import data, sources
 
 
 def _write_idx(path, array):
@@ -16,12 +16,12 @@ def _write_idx(path, array):
 
 
 def test_fashion_mnist_from_debian_package():
-    source = data.load_source("fashion_mnist")
+    source = sources.load_source("fashion_mnist")
     assert (source.num_examples, source.num_classes) == (60_000, 10)
     assert np.bincount(source.labels).tolist() == [6000] * 10
     index, image = next(iter(source.examples))
     assert (int(index), image.shape, image.dtype) == (0, (28, 28, 1), tf.uint8)
-    assert data.load_source("fashion_mnist", "test").num_examples == 10_000
+    assert sources.load_source("fashion_mnist", "test").num_examples == 10_000
 
 
 def test_idx_reader_round_trip_and_idx_folder(tmp_path):
@@ -29,14 +29,14 @@ def test_idx_reader_round_trip_and_idx_folder(tmp_path):
     for prefix, labels in (("train", [0, 1, 2, 1, 0]),):
         _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", images)
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.array(labels))
-    np.testing.assert_array_equal(data.read_idx(str(tmp_path / "train-images-idx3-ubyte.gz")), images)
-    source = data.load_source("fashion_mnist", data_dir=str(tmp_path))
+    np.testing.assert_array_equal(sources.read_idx(str(tmp_path / "train-images-idx3-ubyte.gz")), images)
+    source = sources.load_source("fashion_mnist", data_dir=str(tmp_path))
     assert (source.num_examples, source.num_classes) == (5, 3)
 
 
 def test_missing_fashion_mnist_names_file_and_install_command(tmp_path):
     with pytest.raises(data.DataError, match="train-images-idx3-ubyte.gz.*apt-get install dataset-fashion-mnist"):
-        data.load_source("fashion_mnist", data_dir=str(tmp_path))
+        sources.load_source("fashion_mnist", data_dir=str(tmp_path))
 
 
 def test_corrupt_idx_file_is_named(tmp_path):
@@ -47,21 +47,21 @@ def test_corrupt_idx_file_is_named(tmp_path):
     with gzip.open(path, "wb") as f:
         f.write(raw[:-3])  # truncated
     with pytest.raises(data.DataError, match=f"corrupt data file {path}"):
-        data.read_idx(str(path))
+        sources.read_idx(str(path))
     path.write_bytes(b"not gzip at all")
     with pytest.raises(data.DataError, match=f"corrupt data file {path}"):
-        data.read_idx(str(path))
+        sources.read_idx(str(path))
 
 
 def test_digits_split_is_disjoint_and_scaled():
-    train, test = data.load_source("digits"), data.load_source("digits", "test")
+    train, test = sources.load_source("digits"), sources.load_source("digits", "test")
     assert (train.num_examples, test.num_examples) == (1437, 360)
     _, image = next(iter(train.examples))
     assert image.dtype == tf.uint8 and int(tf.reduce_max(image)) == 255
 
 
 def test_train_pipeline_yields_indices_and_two_different_views():
-    source = data.load_source("digits")
+    source = sources.load_source("digits")
     index, view_q, view_k = next(iter(data.train_pipeline(source, 32, 16, seed=0)))
     assert view_q.dtype == tf.float32
     assert index.shape == (32,) and index.dtype == tf.int64
@@ -72,7 +72,7 @@ def test_train_pipeline_yields_indices_and_two_different_views():
 
 
 def test_embedding_pipeline_is_every_example_once_in_order():
-    source = data.load_source("digits", "test")
+    source = sources.load_source("digits", "test")
     batches = list(data.embedding_pipeline(source, 100, 8))
     indices = np.concatenate([i.numpy() for i, _ in batches])
     np.testing.assert_array_equal(indices, np.arange(360))
@@ -85,7 +85,7 @@ def test_tfds_source_with_mock_data():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=24):
-        source = data.load_source("cifar10")
+        source = sources.load_source("cifar10")
         assert (source.num_examples, source.num_classes) == (24, 10)
         assert source.labels.shape == (24,)
         index, view_q, _ = next(iter(data.train_pipeline(source, 8, 32, seed=0)))
@@ -95,17 +95,17 @@ def test_tfds_source_with_mock_data():
 
 def test_tfds_offline_fails_fast_with_hint(tmp_path):
     with pytest.raises(data.DataError, match="--dataset=cifar10.*--download"):
-        data.load_source("cifar10", data_dir=str(tmp_path))
+        sources.load_source("cifar10", data_dir=str(tmp_path))
 
 
 def test_unknown_dataset_name_is_reported(tmp_path):
     with pytest.raises(data.DataError, match="--dataset=no_such_dataset"):
-        data.load_source("no_such_dataset", data_dir=str(tmp_path))
+        sources.load_source("no_such_dataset", data_dir=str(tmp_path))
 
 
 def test_image_folder_in_imagenet_layout(tmp_path):
     write_image_folder(tmp_path)
-    source = data.load_source(f"folder:{tmp_path}")
+    source = sources.load_source(f"folder:{tmp_path}")
     assert (source.num_examples, source.num_classes) == (6, 2)
     np.testing.assert_array_equal(source.labels, [0, 0, 0, 1, 1, 1])
     _index, view_q, _view_k = next(iter(data.train_pipeline(source, 4, 16, seed=0)))
@@ -117,7 +117,7 @@ def test_image_folder_in_imagenet_layout(tmp_path):
 def test_folder_without_val_names_it_for_the_test_split(tmp_path):
     write_image_folder(tmp_path)
     with pytest.raises(data.DataError) as error:
-        data.load_source(f"folder:{tmp_path}", "test")
+        sources.load_source(f"folder:{tmp_path}", "test")
     assert str(error.value) == (f"--dataset=folder:{tmp_path}: no val/ folder beside train/ "
                                 "(the test split that evaluation uses)")
 
@@ -125,9 +125,9 @@ def test_folder_without_val_names_it_for_the_test_split(tmp_path):
 def test_empty_image_folder_is_a_clear_error(tmp_path):
     os.makedirs(tmp_path / "train" / "cat")
     with pytest.raises(data.DataError, match="no readable images in class sub-folders"):
-        data.load_source(f"folder:{tmp_path}")
+        sources.load_source(f"folder:{tmp_path}")
     with pytest.raises(data.DataError, match="no such folder"):
-        data.load_source(f"folder:{tmp_path}/missing")
+        sources.load_source(f"folder:{tmp_path}/missing")
 
 
 def _batches(pipeline):
@@ -135,7 +135,7 @@ def _batches(pipeline):
 
 
 def test_train_stream_is_a_function_of_seed_and_step():
-    source = data.load_source("digits")  # 1437 examples: 22 batches of 64 per pass
+    source = sources.load_source("digits")  # 1437 examples: 22 batches of 64 per pass
     full = _batches(data.train_pipeline(source, 64, 16, seed=3, num_steps=30))
     resumed = _batches(data.train_pipeline(source, 64, 16, seed=3, start_step=20, num_steps=10))
     assert len(full) == 30 and len(resumed) == 10
@@ -147,7 +147,7 @@ def test_train_stream_is_a_function_of_seed_and_step():
 
 
 def test_each_pass_is_a_new_permutation_without_repeats():
-    source = data.load_source("digits")
+    source = sources.load_source("digits")
     batches = _batches(data.train_pipeline(source, 64, 16, seed=0, num_steps=44))
     first = np.concatenate([b[0] for b in batches[:22]])
     second = np.concatenate([b[0] for b in batches[22:]])
@@ -159,15 +159,15 @@ def test_unreadable_images_are_skipped_with_a_count_or_stop_when_strict(tmp_path
     write_image_folder(tmp_path)
     bad = tmp_path / "train" / "dog" / "9.png"
     bad.write_bytes(b"\x89PNG truncated")
-    source = data.load_source(f"folder:{tmp_path}")
+    source = sources.load_source(f"folder:{tmp_path}")
     assert source.num_examples == 6
     assert f"skipped 1 unreadable images in {tmp_path}/train (first: {bad})" in capsys.readouterr().out
     with pytest.raises(data.DataError, match=f"unreadable image {bad} .*--strict_data"):
-        data.load_source(f"folder:{tmp_path}", strict=True)
+        sources.load_source(f"folder:{tmp_path}", strict=True)
 
 
 def test_labelled_pipeline_keeps_only_the_subset_with_true_labels():
-    source = data.load_source("digits", "test")
+    source = sources.load_source("digits", "test")
     indices = np.sort(np.random.default_rng(0).choice(source.num_examples, 36, replace=False))
     batches = list(data.labelled_pipeline(source, 16, 12, indices, train=True, seed=0))
     labels = np.concatenate([y.numpy() for _, y in batches])
@@ -186,31 +186,31 @@ def test_image_check_is_cached_and_only_changed_files_are_decoded_again(tmp_path
     run = str(tmp_path / "run")
     cache = os.path.join(run, "image_check_train.json.gz")
     decoded = []
-    real = data._decodable
-    monkeypatch.setattr(data, "_decodable", lambda paths: decoded.append(paths) or real(paths))
+    real = sources._decodable
+    monkeypatch.setattr(sources, "_decodable", lambda paths: decoded.append(paths) or real(paths))
 
-    first = data.load_source(f"folder:{tmp_path}", cache_dir=run)
+    first = sources.load_source(f"folder:{tmp_path}", cache_dir=run)
     assert [len(p) for p in decoded] == [6] and os.path.exists(cache)
-    again = data.load_source(f"folder:{tmp_path}", cache_dir=run)
+    again = sources.load_source(f"folder:{tmp_path}", cache_dir=run)
     assert [len(p) for p in decoded] == [6]  # nothing decoded on the restart
     assert "6 images in" in capsys.readouterr().out
     np.testing.assert_array_equal(again.labels, first.labels)
 
     changed = tmp_path / "train" / "dog" / "1.png"
     changed.write_bytes(b"\x89PNG now corrupt")  # other size and mtime: checked again
-    source = data.load_source(f"folder:{tmp_path}", cache_dir=run)
+    source = sources.load_source(f"folder:{tmp_path}", cache_dir=run)
     assert decoded[-1] == [str(changed)] and source.num_examples == 5
     # The cached verdict "unreadable" holds without decoding, strict or not.
-    assert data.load_source(f"folder:{tmp_path}", cache_dir=run).num_examples == 5
+    assert sources.load_source(f"folder:{tmp_path}", cache_dir=run).num_examples == 5
     with pytest.raises(data.DataError, match=f"unreadable image {changed}"):
-        data.load_source(f"folder:{tmp_path}", strict=True, cache_dir=run)
+        sources.load_source(f"folder:{tmp_path}", strict=True, cache_dir=run)
     assert len(decoded) == 2
 
     # Same size, new mtime (a file rewritten in place) is decoded again too.
     same_size = tmp_path / "train" / "cat" / "0.png"
     stat = same_size.stat()
     os.utime(same_size, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    data.load_source(f"folder:{tmp_path}", cache_dir=run)
+    sources.load_source(f"folder:{tmp_path}", cache_dir=run)
     assert decoded[-1] == [str(same_size)]
 
 
@@ -218,11 +218,11 @@ def test_corrupt_or_foreign_image_check_cache_is_ignored(tmp_path):
     write_image_folder(tmp_path)
     cache = tmp_path / "image_check_train.json.gz"
     cache.write_bytes(b"not gzip")
-    assert data.load_source(f"folder:{tmp_path}", cache_dir=str(tmp_path)).num_examples == 6
+    assert sources.load_source(f"folder:{tmp_path}", cache_dir=str(tmp_path)).num_examples == 6
     other = tmp_path / "other"
     write_image_folder(other, classes=("a",), per_class=2)
     # A cache written for another root decodes everything and is replaced.
-    assert data.load_source(f"folder:{other}", cache_dir=str(tmp_path)).num_examples == 2
+    assert sources.load_source(f"folder:{other}", cache_dir=str(tmp_path)).num_examples == 2
 
 
 def _no_random_access(*args, **kwargs):
@@ -234,12 +234,12 @@ def test_large_tfds_split_is_read_by_index_or_streamed_never_loaded_whole(
         random_access, monkeypatch, tmp_path):
     import tensorflow_datasets as tfds
 
-    monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)  # imagenette's sizes vary: never in memory
+    monkeypatch.setattr(sources, "IN_MEMORY_BYTES", 0)  # imagenette's sizes vary: never in memory
     monkeypatch.setattr(data, "SHUFFLE_BLOCK", 8)
     with tfds.testing.mock_data(num_examples=20):
         if not random_access:
             monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", _no_random_access)
-        source = data.load_source("imagenette/160px", cache_dir=str(tmp_path))
+        source = sources.load_source("imagenette/160px", cache_dir=str(tmp_path))
         assert not source.in_memory and (source.read is None) == (not random_access)
         assert (source.num_examples, source.num_classes) == (20, 10)
         examples = [(int(i), image.numpy()) for i, image in source.examples]
@@ -269,7 +269,7 @@ def test_class_folders_without_images_are_named(tmp_path):
     (tmp_path / "train" / "owl" / "0.png").write_bytes(b"unreadable")
     with pytest.raises(data.DataError, match=f"folder:{tmp_path}/train: 2 of 4 class folders "
                                              "hold no readable image: emu, owl$"):
-        data.load_source(f"folder:{tmp_path}")
+        sources.load_source(f"folder:{tmp_path}")
 
 
 
@@ -292,14 +292,14 @@ def _source(kind, folder, monkeypatch, num_examples):
     import tensorflow_datasets as tfds
 
     if kind == "in_memory":
-        return data.load_source("digits", "test")
+        return sources.load_source("digits", "test")
     if kind == "files":
         write_image_folder(folder, per_class=num_examples // 2)
-        return data.load_source(f"folder:{folder}")
-    monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)
+        return sources.load_source(f"folder:{folder}")
+    monkeypatch.setattr(sources, "IN_MEMORY_BYTES", 0)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", _no_random_access)
     with tfds.testing.mock_data(num_examples=num_examples):
-        return data.load_source("imagenette/160px")
+        return sources.load_source("imagenette/160px")
 
 
 @pytest.mark.parametrize("kind", ["in_memory", "files", "stream"])
@@ -372,7 +372,7 @@ def test_embedding_workers_read_a_padded_strided_share_in_equal_batches(kind, tm
 
 
 def test_untuned_pipeline_says_so_in_its_options():
-    source = data.load_source("digits")
+    source = sources.load_source("digits")
     assert data.train_pipeline(source, 8, 16, 0, num_steps=1).options().autotune.enabled
     assert not data.train_pipeline(source, 8, 16, 0, num_steps=1,
                                    autotune=False).options().autotune.enabled

@@ -67,8 +67,9 @@ def test_two_workers_train_to_identical_weights_and_labels(tmp_path):
                 "gathered the rest") in output
 
     chief, worker = restore_smoke_model(tmp_path), restore_smoke_model(tmp_path / "worker_1")
-    np.testing.assert_array_equal(chief.pseudo_labels.numpy(), worker.pseudo_labels.numpy())
-    assert (chief.pseudo_labels.numpy() >= 0).all()
+    np.testing.assert_array_equal(chief.detector.pseudo_labels.numpy(),
+                                  worker.detector.pseudo_labels.numpy())
+    assert (chief.detector.pseudo_labels.numpy() >= 0).all()
     np.testing.assert_array_equal(chief.queue_ids.numpy(), worker.queue_ids.numpy())
     for a, b in zip(chief.encoder.weights + chief.key_encoder.weights,
                     worker.encoder.weights + worker.key_encoder.weights):

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from conftest import ROOT, free_ports
 
-from ifnd_tf import data, model
+from ifnd_tf import data, encoders, sources
 from ifnd_tf.embedding import DatasetEmbedder, SharedPass
 
 
 def test_embedder_places_every_example_by_index(one_replica, two_replicas):
-    source = data.load_source("digits", "test")  # 360 examples: last batch is partial
+    source = sources.load_source("digits", "test")  # 360 examples: last batch is partial
     pipeline = data.embedding_pipeline(source, 61, 16)  # odd batches: uneven replica shares
     with two_replicas.scope():
-        encoder = model.build_encoder("small", 16, 0.25, embedding_dim=16)
+        encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=16)
     images = np.concatenate([x.numpy() for _, x in pipeline])
     expected = encoder(images, training=False)["embedding"].numpy()
     for strategy in (one_replica, two_replicas):
@@ -32,13 +32,13 @@ import json, sys
 sys.path.insert(0, "tests")
 import numpy as np, tensorflow as tf
 from conftest import counting_reads
-from ifnd_tf import data, distribute, model
+from ifnd_tf import data, distribute, encoders, sources
 from ifnd_tf.embedding import DatasetEmbedder
 
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
-source, reads = counting_reads(data.load_source("digits"))
+source, reads = counting_reads(sources.load_source("digits"))
 with strategy.scope():
-    encoder = model.build_encoder("small", 16, 0.25, embedding_dim=16)
+    encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=16)
 pipeline = data.embedding_pipeline(source, 101, 16,
                                    input_context=distribute.input_context(strategy))
 table = DatasetEmbedder(encoder, strategy, pipeline, source.num_examples)()
@@ -79,18 +79,18 @@ def test_two_workers_each_embed_half_and_both_hold_the_single_worker_table(tmp_p
     np.testing.assert_array_equal(both[0], both[1])
     np.testing.assert_allclose(both[0][:, -16:], tables[0], atol=1e-6)  # the same embeddings
     with one_replica.scope():
-        encoder = model.build_encoder("small", 16, 0.25, embedding_dim=16)
+        encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=16)
     encoder.load_weights(tmp_path / "worker0.weights.h5")
-    source = data.load_source("digits")
+    source = sources.load_source("digits")
     single = DatasetEmbedder(encoder, one_replica, data.embedding_pipeline(source, 101, 16),
                              source.num_examples)()
     np.testing.assert_allclose(tables[0], single, rtol=1e-4, atol=1e-5)
 
 
 def test_one_pass_gives_several_outputs_and_a_shared_pass_reembeds_after_training(one_replica):
-    source = data.load_source("digits", "test")
+    source = sources.load_source("digits", "test")
     with one_replica.scope():
-        encoder = model.build_encoder("small", 16, 0.25, embedding_dim=8)
+        encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=8)
     pipeline = data.embedding_pipeline(source, 256, 16)
     both = DatasetEmbedder(encoder, one_replica, pipeline, source.num_examples,
                            output=("features", "embedding"))

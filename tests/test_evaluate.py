@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ifnd_tf import config, evaluate, export, model
+from ifnd_tf import config, encoders, evaluate, export
 
 
 @pytest.mark.parametrize("fraction, per_class", [(0.01, 60), (0.1, 600)])
@@ -32,7 +32,7 @@ def test_learning_rate_schedules(schedule, steps, expected):
 
 
 def test_load_encoder_reads_the_keras_file_next_to_the_saved_model(tmp_path):
-    encoder = model.build_encoder("small", 16, 0.25, embedding_dim=8)
+    encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=8)
     saved_model = export.export_encoder(encoder, str(tmp_path / "export"))
     loaded = evaluate.load_encoder(saved_model + "/")
     images = tf.random.uniform([2, 16, 16, 3], seed=1)

@@ -2,11 +2,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import export, model
+from ifnd_tf import encoders, export
 
 
 def test_saved_model_and_keras_file_reproduce_the_encoder(tmp_path):
-    encoder = model.build_encoder("small", 16, 0.25, embedding_dim=8)
+    encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=8)
     encoder(tf.random.uniform([4, 16, 16, 3]), training=True)  # move BN statistics off init
     images = tf.random.uniform([3, 16, 16, 3], seed=2)
     expected = encoder(images, training=False)
@@ -28,7 +28,7 @@ def test_saved_model_and_keras_file_reproduce_the_encoder(tmp_path):
 
 
 def test_saved_model_layer_fine_tunes_with_adam(tmp_path):
-    encoder = model.build_encoder("small", 16, 0.25, embedding_dim=8)
+    encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=8)
     path = export.export_encoder(encoder, str(tmp_path))
     backbone = export.SavedModelLayer(path, call_endpoint="features", trainable=True)
     assert all(":" not in v.name for v in backbone.weights)

@@ -4,21 +4,20 @@ import re
 
 import keras
 import pytest
-from absl.testing import flagsaver
 from conftest import run_cli
 
-from ifnd_tf import config, data, export, finetune, model
+from ifnd_tf import config, encoders, export, finetune, sources
 
 
 @pytest.fixture(scope="module")
 def random_init_export(tmp_path_factory):
     keras.utils.set_random_seed(0)
-    encoder = model.build_encoder("small", 16, 0.25, embedding_dim=8)
+    encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=8)
     return export.export_encoder(encoder, str(tmp_path_factory.mktemp("run") / "export"))
 
 
 def test_finetuning_learns_from_ten_percent_of_the_labels(random_init_export, one_replica):
-    train, test = data.load_source("digits", "train"), data.load_source("digits", "test")
+    train, test = sources.load_source("digits", "train"), sources.load_source("digits", "test")
     keras.utils.set_random_seed(0)
     result = finetune.finetune(random_init_export, train, test, one_replica, fraction=0.1,
                                epochs=20, batch_size=32, learning_rate=0.05, schedule="cosine",
@@ -49,6 +48,6 @@ def test_cli_fine_tunes_each_fraction_and_writes_result_json(random_init_export)
     (["1%"], ["60"], "--finetune_fractions / --finetune_epochs must be numbers"),
 ])
 def test_bad_finetune_flags_name_the_flag(fractions, epochs, message):
-    with (flagsaver.flagsaver(finetune_fractions=fractions, finetune_epochs=epochs),
-          pytest.raises(config.ConfigError, match=re.escape(message))):
-        config.validate_eval_flags()
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.EvalConfig(finetune_fractions=tuple(fractions),
+                          finetune_epochs=tuple(epochs)).validate()

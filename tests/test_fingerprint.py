@@ -1,7 +1,7 @@
 import numpy as np
 from conftest import write_image_folder
 
-from ifnd_tf import data, fingerprint
+from ifnd_tf import fingerprint, sources
 
 
 def test_arrays_fingerprint_sees_one_changed_pixel():
@@ -19,20 +19,20 @@ def test_arrays_fingerprint_sees_one_changed_pixel():
 
 def test_folder_fingerprint_sees_added_and_swapped_files(tmp_path):
     write_image_folder(tmp_path)
-    before = data.load_source(f"folder:{tmp_path}").fingerprint
+    before = sources.load_source(f"folder:{tmp_path}").fingerprint
     assert before["examples"] == 6 and before["kind"] == "files"
-    assert fingerprint.describe_change(before, data.load_source(f"folder:{tmp_path}").fingerprint) \
+    assert fingerprint.describe_change(before, sources.load_source(f"folder:{tmp_path}").fingerprint) \
         is None
     (tmp_path / "train" / "dog" / "2.png").rename(tmp_path / "train" / "dog" / "7.png")
-    renamed = data.load_source(f"folder:{tmp_path}").fingerprint
+    renamed = sources.load_source(f"folder:{tmp_path}").fingerprint
     assert fingerprint.describe_change(before, renamed) == (
         "the same 6 examples, but their file names or sizes differ")
     (tmp_path / "train" / "dog" / "8.png").write_bytes((tmp_path / "train/dog/7.png").read_bytes())
     assert fingerprint.describe_change(
-        renamed, data.load_source(f"folder:{tmp_path}").fingerprint) == "6 -> 7 examples"
+        renamed, sources.load_source(f"folder:{tmp_path}").fingerprint) == "6 -> 7 examples"
 
 
 def test_digits_splits_differ():
-    train, test = data.load_source("digits", "train"), data.load_source("digits", "test")
+    train, test = sources.load_source("digits", "train"), sources.load_source("digits", "test")
     assert train.fingerprint["examples"] == 1437 and test.fingerprint["examples"] == 360
-    assert train.fingerprint == data.load_source("digits", "train").fingerprint
+    assert train.fingerprint == sources.load_source("digits", "train").fingerprint

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from conftest import run_cli
 
-from ifnd_tf import data, linear_eval, model
+from ifnd_tf import data, encoders, linear_eval, sources
 
 # smoke.cfg's model, trained long enough (15 passes over digits) to learn something.
 PRETRAIN = ["--flagfile=flags/smoke.cfg", "--epochs=15", "--steps_per_epoch=0", "--ifnd=false",
@@ -29,8 +29,8 @@ def probed_run(tmp_path_factory):
 def random_init_probe(one_replica):
     """The same probe on the same architecture at random initialisation (seed 0)."""
     keras.utils.set_random_seed(0)
-    encoder = model.build_encoder("small", 16, 0.25, embedding_dim=32)
-    train, test = data.load_source("digits", "train"), data.load_source("digits", "test")
+    encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=32)
+    train, test = sources.load_source("digits", "train"), sources.load_source("digits", "test")
     before = encoder.get_weights()
     result = linear_eval.probe(encoder, train, test, one_replica, epochs=100, batch_size=256,
                                learning_rate=0.1, schedule="cosine", image_size=16,
@@ -78,8 +78,8 @@ def test_missing_saved_model_is_one_clear_line(tmp_path):
 
 
 def test_features_of_the_mirror_image_differ(one_replica):
-    source = data.load_source("digits", "test")
-    encoder = model.build_encoder("small", 16, 0.25, embedding_dim=8)
+    source = sources.load_source("digits", "test")
+    encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=8)
     plain, flipped = (linear_eval.backbone_features(encoder, source, one_replica, 128, 16, flip)
                       for flip in (False, True))
     images = np.concatenate([x.numpy() for _, x in data.embedding_pipeline(source, 128, 16)])

@@ -57,40 +57,6 @@ def test_unknown_strategy_names_the_flag():
         losses.ifnd_loss(_logits(), tf.zeros([1, 3], tf.bool), "repulsion")
 
 
-def test_mask_matches_equal_accepted_labels_only():
-    anchors = tf.constant([[0, -1, 2]])  # one level, three anchors
-    queue = tf.constant([[0, -1, 2, 2]])
-    expected = [[True, False, False, False],
-                [False, False, False, False],  # unlabeled anchor never matches, not even -1
-                [False, False, True, True]]
-    np.testing.assert_array_equal(losses.false_negative_mask(anchors, queue).numpy(), expected)
-
-
-def test_unlabeled_queue_entry_never_masked():
-    anchors = tf.constant([[3]])
-    queue = tf.constant([[-1, -1]])
-    assert not losses.false_negative_mask(anchors, queue).numpy().any()
-
-
-def test_mask_is_union_over_levels():
-    anchors = tf.constant([[0], [5]])  # level 0: label 0; level 1: label 5
-    queue = tf.constant([[0, 1, 1, -1],
-                         [7, 5, 7, 5]])
-    np.testing.assert_array_equal(losses.false_negative_mask(anchors, queue).numpy(),
-                                  [[True, True, False, True]])
-
-
-def test_mask_vote_needs_that_many_agreeing_levels():
-    anchors = tf.constant([[0], [5], [2]])  # three levels, one anchor
-    queue = tf.constant([[0, 0, 1, 0],
-                         [5, 5, 5, 7],
-                         [2, 9, 9, -1]])  # entries agree at 3, 2, 1, 1 levels
-    for min_levels, expected in [(1, [True] * 4), (2, [True, True, False, False]),
-                                 (3, [True, False, False, False])]:
-        np.testing.assert_array_equal(
-            losses.false_negative_mask(anchors, queue, min_levels).numpy(), [expected])
-
-
 def test_accuracy_counts_positive_at_column_zero():
     logits = tf.constant([[3.0, 1.0, 2.0], [0.0, 1.0, -1.0]])
     assert losses.contrastive_accuracy(logits).numpy() == pytest.approx(0.5)
@@ -127,21 +93,3 @@ def test_weight_decay_loss_has_gradient_decay_times_weight():
     grads = tape.gradient(value, weights)
     np.testing.assert_allclose(grads[0].numpy(), [[0.1, -0.2]])
     np.testing.assert_allclose(grads[1].numpy(), [0.3])
-
-
-def test_nearest_fraction_mask_takes_each_anchors_most_similar_valid_entries():
-    similarities = tf.constant([[0.9, 0.1, 0.5, 0.7, 0.95],
-                                [0.2, 0.8, 0.3, 0.1, 0.99]])
-    valid = tf.constant([True, True, True, True, False])  # the last slot holds no key yet
-    half = losses.nearest_fraction_mask(similarities, valid, 0.5)  # round(0.5 * 4) = 2 each
-    np.testing.assert_array_equal(half.numpy(), [[True, False, False, True, False],
-                                                 [False, True, True, False, False]])
-    assert not losses.nearest_fraction_mask(similarities, valid, 0.0).numpy().any()
-    everything = losses.nearest_fraction_mask(similarities, valid, 1.0).numpy()
-    np.testing.assert_array_equal(everything, np.tile([True] * 4 + [False], (2, 1)))
-
-
-def test_nearest_fraction_mask_keeps_ties_at_the_threshold():
-    mask = losses.nearest_fraction_mask(tf.constant([[0.5, 0.1, 0.5, 0.2]]),
-                                        tf.constant([True] * 4), 0.25)  # n = 1, two at 0.5
-    np.testing.assert_array_equal(mask.numpy(), [[True, False, True, False]])

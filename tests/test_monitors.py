@@ -5,14 +5,14 @@ import pytest
 import tensorflow as tf
 from conftest import event_tags
 
-from ifnd_tf import data, knn, model, monitors
+from ifnd_tf import data, encoders, knn, monitors, sources
 from ifnd_tf.embedding import DatasetEmbedder
 
 
 def test_knn_monitor_logs_the_knn_top1_of_the_query_backbone(one_replica, tmp_path):
-    train, test = data.load_source("digits", "train"), data.load_source("digits", "test")
+    train, test = sources.load_source("digits", "train"), sources.load_source("digits", "test")
     with one_replica.scope():
-        encoder = model.build_encoder("small", 16, 0.25, embedding_dim=8)
+        encoder = encoders.build_encoder("small", 16, 0.25, embedding_dim=8)
     writer = tf.summary.create_file_writer(str(tmp_path / "logs"))
     monitor = monitors.KnnMonitor(
         one_replica, data.embedding_pipeline(train, 512, 16), train.labels,

@@ -85,7 +85,7 @@ def test_saved_model_matches_the_trained_encoder(smoke_run):
                                rtol=1e-4, atol=1e-5)
     # The checkpoint carries the IFND state too: a full queue and the last epoch's labels.
     assert (moco.queue_ids.numpy() >= 0).all()
-    assert (moco.pseudo_labels.numpy() >= 0).mean() == pytest.approx(1.0)
+    assert (moco.detector.pseudo_labels.numpy() >= 0).mean() == pytest.approx(1.0)
     reloaded = keras.models.load_model(model_dir / "export" / "encoder.keras")
     np.testing.assert_allclose(reloaded(images)["features"].numpy(),
                                loaded.features(images).numpy(), rtol=1e-4, atol=1e-5)
@@ -146,7 +146,8 @@ def _assert_same_run(got_dir, want_dir):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5, nan_ok=True), (key, a, b)
     a, b = restore_smoke_model(got_dir), restore_smoke_model(want_dir)
     np.testing.assert_array_equal(a.queue_ids.numpy(), b.queue_ids.numpy())
-    np.testing.assert_array_equal(a.pseudo_labels.numpy(), b.pseudo_labels.numpy())
+    np.testing.assert_array_equal(a.detector.pseudo_labels.numpy(),
+                                  b.detector.pseudo_labels.numpy())
     np.testing.assert_allclose(a.queue_keys.numpy(), b.queue_keys.numpy(), atol=1e-4)
     for x, y in zip(a.encoder.weights, b.encoder.weights):
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-3, atol=1e-5)
@@ -199,7 +200,7 @@ def test_train_keys_run_clusters_the_keys_training_wrote(tmp_path):
     assert "clustered_train_keys=0," in ifnd_lines["IFND epoch 2"]  # centre-view pass instead
     assert "clustered_train_keys=1," in ifnd_lines["IFND epoch 4"]
     restored = restore_smoke_model(tmp_path, cluster_features="train_keys")  # checkpointed
-    table = restored.train_keys.numpy()
+    table = restored.detector.train_keys.numpy()
     np.testing.assert_allclose(np.linalg.norm(table, axis=1), 1.0, rtol=1e-4)
 
 
