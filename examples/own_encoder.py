@@ -15,8 +15,16 @@ import numpy as np
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
-from ifnd_tf import (AcceptanceSchedule, ClusterLabels, KMeansSettings, MoCoConfig,
-                     MomentumContrast, PseudoLabelCallback, export_encoder, two_view_batches)
+from ifnd_tf import (
+                     AcceptanceSchedule,
+                     ClusterLabels,
+                     KMeansSettings,
+                     MoCoConfig,
+                     MomentumContrast,
+                     PseudoLabelCallback,
+                     export_encoder,
+                     two_view_batches,
+)
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", default="/tmp/own_encoder")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from ifnd_tf import config
+from ifnd_tf import command_settings, config
 from ifnd_tf.errors import ConfigError, DataError, DivergenceError, RunDirError
 
 FLAGS = flags.FLAGS
@@ -37,7 +37,10 @@ def _define(field: dataclasses.Field) -> None:
         flags.DEFINE_string(name, default, meta["help"])
 
 
-for _section in config.COMMAND_LINE_SECTIONS:
+# Every section the command line defines flags for, in --helpfull order.
+COMMAND_LINE_SECTIONS = (*config.SECTIONS.values(), command_settings.EvalConfig,
+                         command_settings.CompareConfig)
+for _section in COMMAND_LINE_SECTIONS:
     for _field in config.flag_fields(_section):
         _define(_field)
 
@@ -64,7 +67,7 @@ def section_from_flags(section_type):
 
 def command_record() -> dict:
     """The evaluation and compare flags, recorded in flags.json beside the run's settings."""
-    return {**flag_values(config.EvalConfig), **flag_values(config.CompareConfig)}
+    return {**flag_values(command_settings.EvalConfig), **flag_values(command_settings.CompareConfig)}
 
 EXPECTED_ERRORS = (ConfigError, DataError, DivergenceError, RunDirError)
 

@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 
-from ifnd_tf import callbacks, cli, config
+from ifnd_tf import callbacks, cli, command_settings, config
 
 # key: (table name, short name in verdicts, flags). The reference of the paired differences.
 BUILTIN_VARIANTS = {"moco": ("MoCo v2", "MoCo", ["--ifnd=false"]),
@@ -201,7 +201,7 @@ def plan_line(variants: dict[str, tuple], listed: list[str], seeds: list[int],
     return f"compare: {', '.join(names)}; {where}; in {model_dir}"
 
 
-def run(flag_args: list[str], model_dir: str, plan: config.CompareConfig,
+def run(flag_args: list[str], model_dir: str, plan: command_settings.CompareConfig,
         default_seed: int = 0) -> dict[str, dict]:
     """Train (or read) every variant at every seed, probe (or read) each, print and write.
     flag_args: the flags every step gets (this command's own); default_seed: the one run per
@@ -244,9 +244,9 @@ def run(flag_args: list[str], model_dir: str, plan: config.CompareConfig,
 def run_from_command_line() -> dict[str, dict]:
     """`run` with this process's own command-line flags, passed on to every step."""
     cfg = cli.run_config_from_flags()
-    cli.section_from_flags(config.EvalConfig).validate()
+    cli.section_from_flags(command_settings.EvalConfig).validate()
     os.makedirs(cfg.run.model_dir, exist_ok=True)
-    return run(sys.argv[1:], cfg.run.model_dir, cli.section_from_flags(config.CompareConfig),
+    return run(sys.argv[1:], cfg.run.model_dir, cli.section_from_flags(command_settings.CompareConfig),
                cfg.run.seed)
 
 

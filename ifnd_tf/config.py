@@ -7,11 +7,9 @@ here reads a flag: build a config in Python (`RunConfig()`, `RunConfig.from_flat
 naming the flag. Checks that need the dataset (k larger than it, ...) are `validate_for_data`.
 """
 import dataclasses
-import json
-import os
 from typing import Any
 
-from ifnd_tf import clustering, confidence, encoders, losses
+from ifnd_tf import clustering, confidence, losses
 from ifnd_tf.errors import ConfigError
 
 ELIMINATION, ATTRACTION = losses.ELIMINATION, losses.ATTRACTION
@@ -226,8 +224,8 @@ class MonitorConfig:
                                  "feature size x 4 bytes, up to 3 copies while scoring.")
 
 
-SECTIONS = {"data": DataConfig, "encoder": EncoderConfig, "moco": MoCoConfig,
-            "schedule": ScheduleConfig, "detection": DetectionConfig, "run": RuntimeConfig,
+SECTIONS = {"data": DataConfig, "encoder": EncoderConfig, "schedule": ScheduleConfig,
+            "moco": MoCoConfig, "detection": DetectionConfig, "run": RuntimeConfig,
             "monitor": MonitorConfig}
 
 
@@ -247,8 +245,8 @@ class RunConfig:
 
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
-    moco: MoCoConfig = dataclasses.field(default_factory=MoCoConfig)
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    moco: MoCoConfig = dataclasses.field(default_factory=MoCoConfig)
     detection: DetectionConfig = dataclasses.field(default_factory=DetectionConfig)
     run: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
@@ -286,11 +284,12 @@ class RunConfig:
 
     def validate(self, num_replicas: int = 1) -> "RunConfig":
         """Static checks, before any data is read; returns self."""
-        _validate_schedule(self.schedule, self.moco, num_replicas)
-        _validate_encoder(self.encoder, self.data, self.moco, self.schedule, num_replicas)
-        _validate_detection(self.detection, self.schedule)
-        _validate_runtime(self.run, self.encoder, num_replicas)
-        _validate_monitor(self.monitor)
+        from ifnd_tf import validation  # it reads this module's names
+        validation.schedule(self.schedule, self.moco, num_replicas)
+        validation.encoder(self.encoder, self.data, self.moco, self.schedule, num_replicas)
+        validation.detection(self.detection, self.schedule)
+        validation.runtime(self.run, self.encoder, num_replicas)
+        validation.monitor(self.monitor)
         return self
 
     def validate_for_data(self, num_examples: int, has_labels: bool = True) -> None:
@@ -313,127 +312,12 @@ def _as_flag_value(value):
 
 def parse_setting(key: str, field: dataclasses.Field, value):
     """A value as the field holds it: lists of numbers from strings (flags, flags.json)."""
+    from ifnd_tf import validation
     if isinstance(field.default, tuple) and not field.metadata.get("multi"):
-        return parse_cluster_counts(value) if key == "num_clusters" else tuple(value)
+        return validation.parse_cluster_counts(value) if key == "num_clusters" else tuple(value)
     if field.metadata.get("multi"):
         return tuple(value)
     return value
-
-
-def parse_cluster_counts(values) -> tuple[int, ...]:
-    try:
-        ks = tuple(int(k) for k in values)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"--num_clusters must be integers, got {values}") from e
-    _check(len(ks) > 0 and all(k >= 2 for k in ks), "--num_clusters: each k must be >= 2")
-    return ks
-
-
-def _validate_schedule(s: ScheduleConfig, m: MoCoConfig, num_replicas: int) -> None:
-    _check(s.epochs >= 1, f"--epochs must be >= 1, got {s.epochs}")
-    _check(s.batch_size >= 2, f"--batch_size must be >= 2, got {s.batch_size}")
-    _check(s.batch_size % num_replicas == 0,
-           f"--batch_size={s.batch_size} must be a multiple of the {num_replicas} replicas")
-    _check(m.queue_size > 0 and m.queue_size % s.batch_size == 0,
-           f"--queue_size={m.queue_size} must be a positive multiple of "
-           f"--batch_size={s.batch_size}")
-    _check(s.learning_rate > 0, f"--learning_rate must be > 0, got {s.learning_rate}")
-    _check(s.steps_per_epoch >= 0, f"--steps_per_epoch must be >= 0, got {s.steps_per_epoch}")
-    _check(m.temperature > 0, f"--temperature must be > 0, got {m.temperature}")
-    _check(0.0 <= m.momentum < 1.0, f"--moco_momentum must be in [0, 1), got {m.momentum}")
-    _check(m.fn_strategy in losses.FALSE_NEGATIVE_STRATEGIES,
-           f"--fn_strategy must be one of {losses.FALSE_NEGATIVE_STRATEGIES}, "
-           f"got {m.fn_strategy!r}")
-
-
-def _validate_encoder(e: EncoderConfig, d: DataConfig, m: MoCoConfig, s: ScheduleConfig,
-                      num_replicas: int) -> None:
-    splits, batch = m.key_bn_splits, s.batch_size
-    _check(splits >= 1 and batch % splits == 0,
-           f"--key_bn_splits={splits} must divide --batch_size={batch}")
-    _check(splits == 1 or splits % num_replicas == 0,
-           f"--key_bn_splits={splits} must be 1 or a multiple of the {num_replicas} "
-           f"replicas (each replica normalises key_bn_splits / replicas groups of keys)")
-    _check(splits == 1 or batch // splits >= encoders.MIN_KEY_BN_GROUP,
-           f"--key_bn_splits={splits} makes shuffle-BN groups of {batch // splits} keys; use "
-           f"groups of at least {encoders.MIN_KEY_BN_GROUP} (--batch_size / --key_bn_splits)")
-    _check(e.width_multiplier > 0, f"--width_multiplier must be > 0, got {e.width_multiplier}")
-    _check(d.image_size >= 8, f"--image_size must be >= 8, got {d.image_size}")
-    encoders.check_backbone_name(e.backbone)
-    stride = encoders.BACKBONE_STRIDES.get(e.backbone, encoders.KERAS_APPLICATION_STRIDE)
-    _check(d.image_size >= stride, f"--image_size={d.image_size} is smaller than "
-                                   f"--backbone={e.backbone} takes (>= {stride}: it downsamples "
-                                   f"{stride}x)")
-
-
-def _validate_detection(d: DetectionConfig, s: ScheduleConfig) -> None:
-    _check(0.0 <= d.alpha_start <= 1.0, f"--alpha_start must be in [0, 1], got {d.alpha_start}")
-    _check(0.0 <= d.alpha_end <= 1.0, f"--alpha_end must be in [0, 1], got {d.alpha_end}")
-    _check(d.alpha_end >= d.alpha_start,  # IFND's acceptance only grows
-           f"--alpha_end={d.alpha_end} is below --alpha_start={d.alpha_start}: the acceptance "
-           "rate must not decrease (equal values give a constant rate)")
-    _check(0 <= d.warmup_epochs < s.epochs or not d.ifnd,
-           f"--warmup_epochs={d.warmup_epochs} must be in [0, --epochs={s.epochs})")
-    parse_cluster_counts(d.num_clusters)
-    _check(d.fn_neighbours_k >= 1, f"--fn_neighbours_k must be >= 1, got {d.fn_neighbours_k}")
-    _check(0.0 <= d.fn_oracle_fraction <= 1.0,
-           f"--fn_oracle_fraction must be in [0, 1], got {d.fn_oracle_fraction}")
-    _check(not d.fn_oracle or d.ifnd, "--fn_oracle needs --ifnd=true (it replaces the detector)")
-    _check(0.0 < d.fn_quantile <= 1.0, f"--fn_quantile must be in (0, 1], got {d.fn_quantile}")
-    _check(not (d.fn_oracle and d.fn_detector == QUANTILE),
-           "--fn_oracle replaces the clusters' labels; it needs --fn_detector=clusters")
-    _check(d.fn_min_levels == 1 or d.fn_detector == CLUSTERS,
-           f"--fn_min_levels={d.fn_min_levels} is a vote over cluster levels; it needs "
-           "--fn_detector=clusters")
-    if d.ifnd:
-        levels = len(d.num_clusters)
-        _check(1 <= d.fn_min_levels <= levels,
-               f"--fn_min_levels must be in [1, {levels}] (the levels of --num_clusters), "
-               f"got {d.fn_min_levels}")
-
-
-def _validate_runtime(r: RuntimeConfig, e: EncoderConfig, num_replicas: int) -> None:
-    _check(r.cpu_replicas >= 1, f"--cpu_replicas must be >= 1, got {r.cpu_replicas}")
-    _check(r.checkpoint_every_steps >= 0,
-           f"--checkpoint_every_steps must be >= 0, got {r.checkpoint_every_steps}")
-    _check(r.collapse_steps >= 0, f"--collapse_steps must be >= 0, got {r.collapse_steps}")
-    _check(0 <= r.collapse_spread < 1,
-           f"--collapse_spread must be in [0, 1), got {r.collapse_spread}")
-    _check(r.keep_checkpoints >= 1, f"--keep_checkpoints must be >= 1, got {r.keep_checkpoints}")
-    # XLA (docs/design.md "XLA"): Keras silently drops jit_compile under op determinism; with
-    # several replicas only the per-replica part is compiled, which must hold no cross-replica op.
-    _check(r.jit_compile != "on" or not r.deterministic,
-           "--jit_compile=on needs --deterministic=false: XLA-compiled ops are not covered by TF "
-           "op determinism (Keras does not compile a step under it)")
-    if r.jit_compile == "on" and num_replicas > 1:
-        _check(r.strategy == "mirrored",
-               f"--jit_compile=on with {num_replicas} replicas is supported (and tested) with "
-               f"--strategy=mirrored only, got --strategy={r.strategy}")
-        _check(not e.sync_bn,
-               f"--jit_compile=on with {num_replicas} replicas needs --sync_bn=false: SyncBN "
-               "all-reduces inside the encoder's forward pass, and MirroredStrategy cannot run a "
-               "cross-replica op inside the per-replica XLA function")
-
-
-def _validate_monitor(m: MonitorConfig) -> None:
-    _check(m.knn_every >= 0, f"--knn_every must be >= 0, got {m.knn_every}")
-    _check(m.knn_k >= 1, f"--knn_k must be >= 1, got {m.knn_k}")
-    _check(m.knn_max_train >= 0, f"--knn_max_train must be >= 0, got {m.knn_max_train}")
-    _check(m.knn_temperature > 0, f"--knn_temperature must be > 0, got {m.knn_temperature}")
-
-
-def validate_strategy(kind: str) -> None:
-    """Before the strategy is made: multi_worker needs TF_CONFIG (without it TF builds a
-    one-worker strategy that failed at the first batch, after flags.json and logs/ were written)."""
-    if kind != "multi_worker":
-        return
-    try:
-        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster")
-    except (ValueError, AttributeError):
-        cluster = None
-    _check(bool(cluster), "--strategy=multi_worker needs the TF_CONFIG environment variable with "
-                          "the cluster and this worker's task (README, several machines); on one "
-                          "machine use --strategy=mirrored")
 
 
 RUN_DEFINING_FLAGS = tuple(flag_name(f) for section in SECTIONS.values()
@@ -447,73 +331,3 @@ def check_same_run(saved: dict, now: dict, model_dir: str) -> None:
                if name in saved and name in now and saved[name] != now[name]]
     _check(not changed, f"--model_dir={model_dir} holds a run with other flags "
                         f"({'; '.join(changed)}); use a new --model_dir or the same flags")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """The evaluation commands: linear_eval and finetune (and the probes compare runs)."""
-
-    saved_model: str | None = setting(None, "linear_eval / finetune: a run's export/saved_model "
-                                      "(encoder.keras next to it is loaded); default "
-                                      "<--model_dir>/export/saved_model.")
-    eval_dir: str | None = setting(None, "Where linear_eval / finetune write result.json; "
-                                   "default <run>/linear_eval or <run>/finetune.")
-    eval_batch_size: int = setting(256, "Batch size of the linear probe and fine-tuning.")
-    eval_schedule: str = setting("cosine", "Learning-rate schedule of the probe and fine-tuning "
-                                 "(step: x0.1 at 60%, 80%).", choices=("cosine", "step"))
-    linear_epochs: int = setting(100, "Epochs of the linear probe.")
-    linear_learning_rate: float = setting(0.1, "SGD learning rate of the linear probe.")
-    finetune_fractions: tuple[str, ...] = setting(("0.01", "0.1"), "Fractions of the train split "
-                                                  "used as labelled data (class-balanced, "
-                                                  "seeded).")
-    finetune_epochs: tuple[str, ...] = setting(("60", "30"), "Fine-tuning epochs, one per "
-                                               "fraction.")
-    finetune_learning_rate: float = setting(0.05, "SGD learning rate of fine-tuning.")
-
-    def validate(self) -> "EvalConfig":
-        _check(self.eval_batch_size >= 1,
-               f"--eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        _check(self.linear_epochs >= 1, f"--linear_epochs must be >= 1, got {self.linear_epochs}")
-        _check(self.linear_learning_rate > 0,
-               f"--linear_learning_rate must be > 0, got {self.linear_learning_rate}")
-        _check(self.finetune_learning_rate > 0,
-               f"--finetune_learning_rate must be > 0, got {self.finetune_learning_rate}")
-        self.finetune_plan()
-        return self
-
-    def finetune_plan(self) -> list[tuple[float, int]]:
-        """(labelled fraction, epochs) pairs."""
-        try:
-            fractions = [float(x) for x in self.finetune_fractions]
-            epochs = [int(x) for x in self.finetune_epochs]
-        except ValueError as e:
-            raise ConfigError(f"--finetune_fractions / --finetune_epochs must be numbers: {e}") \
-                from e
-        _check(len(fractions) == len(epochs) > 0,
-               f"--finetune_epochs needs one value per --finetune_fractions value, got "
-               f"{list(self.finetune_epochs)} for {list(self.finetune_fractions)}")
-        _check(all(0 < x <= 1 for x in fractions),
-               f"--finetune_fractions must be in (0, 1], got {list(self.finetune_fractions)}")
-        _check(all(e >= 1 for e in epochs),
-               f"--finetune_epochs must be >= 1, got {list(self.finetune_epochs)}")
-        return list(zip(fractions, epochs))
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareConfig:
-    """ifnd_tf.compare: which variants, which seeds."""
-
-    seeds: tuple[str, ...] = setting((), "compare: train every variant with each of these seeds "
-                                     "(<model_dir>/<variant>/seed<s>) and report mean ± sd and "
-                                     "paired differences against MoCo v2; empty = one run per "
-                                     "variant with --seed, in <model_dir>/<variant>.")
-    variants: tuple[str, ...] = setting(("moco", "ifnd"), "compare: the variants, in table "
-                                        "order: moco, ifnd, oracle (--fn_oracle) or a name "
-                                        "defined with --variant.")
-    variant: tuple[str, ...] = setting((), "compare: a named flag set, "
-                                       "name:--flag=v,--flag2=v (repeatable); appended to "
-                                       "--variants unless listed there.", multi=True)
-
-
-# Every section the command line defines flags for, in --helpfull order.
-COMMAND_LINE_SECTIONS = (*SECTIONS.values(), EvalConfig, CompareConfig)

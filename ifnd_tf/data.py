@@ -4,6 +4,8 @@ From a `sources.Source` (image i by its index): `train_pipeline` makes the two a
 `embedding_pipeline` the un-augmented view used by the clustering pass, `labelled_pipeline`
 (image, true label) batches for the linear probe and fine-tuning.
 """
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -30,25 +32,15 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
                    autotune: bool = True) -> tf.data.Dataset:
     """Batches of (index, view_q, view_k): two independent MoCo v2 augmentations.
 
-    The stream is a function of (seed, step) only: pass p over the data visits the examples in
-    a permutation drawn from (seed, p) (a source without random access, a streamed TFDS split:
-    permuted within consecutive blocks of SHUFFLE_BLOCK examples); the views come from stateless
-    draws seeded by (seed, p, index) — per example for image files, per global batch (its first
-    example) for arrays in memory, which are cropped a whole batch at a time.
-    `start_step` skips the batches a resumed run already trained on; `num_steps` ends the stream
-    exactly when training ends (tearing down an endless stream mid-flight stalled the end of
-    fit: docs/design.md, "Decisions", epoch boundary).
-
-    `input_context` (from `strategy.distribute_datasets_from_function`): this input pipeline
-    (worker) yields per-replica batches of its share of every global batch only — global
-    replica r gets rows r·b ... (r+1)·b - 1, b = batch_size / replicas — and reads, decodes and
-    augments only those (a stream's encoded records are all read, only the share decoded).
-    Without it: whole global batches. The views are the same either way (docs/design.md,
-    "Per-worker input").
-
-    `autotune=False` turns tf.data's autotuning off (maps run one call per core, 2 batches wait
-    ready): its optimisation thread kept this iterator's destructor waiting up to ~35 s at the
-    end of `fit` (docs/design.md, "Epoch boundary").
+    A function of (seed, step) only: pass p visits the examples in a permutation drawn from
+    (seed, p) (`_index_stream`); the views are stateless draws seeded by (seed, p, index): per
+    example for image files, per global batch (its first example) for arrays in memory, which
+    are cropped a batch at a time. `start_step` skips what a resumed run already trained on;
+    `num_steps` ends the stream exactly when training ends (docs/design.md, "Epoch boundary").
+    `input_context`: this pipeline yields per-replica batches of its share of every global
+    batch only, and reads, decodes and augments only those; the views are the same however the
+    batch is split (docs/design.md, "Per-worker input"). `autotune=False`: no tf.data
+    autotuning thread, which kept the iterator's destructor waiting at the end of fit.
     """
     context = input_context or tf.distribute.InputContext()
     per_replica = context.get_per_replica_batch_size(batch_size)
@@ -70,28 +62,14 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
         image = source.read(index) if raw is None else decode(raw)
         return (index, *example_views(image, image_size, _pass_seed(seed, data_pass), index))
 
-    def batched_two_views(data_pass, index, first_row, batch_first_index):
-        """Per batch: equal-size images in memory, draws seeded by the global batch's first
-        example, each image taking its row of them (the same views however the batch is split).
-
-        Gray images stay one channel until apply_photometric returns RGB: a third of the work.
-        """
-        images = augment.to_float(source.read(index))
-        batch_seed = tf.random.experimental.stateless_fold_in(_pass_seed(seed, data_pass[0]),
-                                                              batch_first_index)
-        views = [augment.batch_views(images, image_size,
-                                     tf.random.experimental.stateless_fold_in(batch_seed, v),
-                                     first_row=first_row, num_rows=batch_size)
-                 for v in (0, 1)]
-        return index, views[0], views[1]
-
     ds = _index_stream(source, batch_size, seed, start_step)
     if num_steps is not None:
         ds = ds.take(num_steps * batch_size)
     # This pipeline's rows are cut from the index stream before anything is read or decoded.
     if source.in_memory:  # batches never straddle passes: each pass is whole batches
         ds = ds.batch(batch_size, drop_remainder=True).map(own_batch)
-        ds = ds.map(batched_two_views, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.map(functools.partial(_batched_two_views, source, batch_size, image_size, seed),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
     else:
         if share < batch_size:
             ds = ds.batch(batch_size, drop_remainder=True).flat_map(own_rows)
@@ -106,6 +84,23 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     options.autotune.enabled = autotune
     return ds.with_options(options).prefetch(AUTOTUNE if autotune else 2)
+
+
+def _batched_two_views(source: Source, batch_size: int, image_size: int, seed: int,
+                       data_pass, index, first_row, batch_first_index):
+    """Per batch: equal-size images in memory, draws seeded by the global batch's first
+    example, each image taking its row of them (the same views however the batch is split).
+
+    Gray images stay one channel until apply_photometric returns RGB: a third of the work.
+    """
+    images = augment.to_float(source.read(index))
+    batch_seed = tf.random.experimental.stateless_fold_in(_pass_seed(seed, data_pass[0]),
+                                                          batch_first_index)
+    views = [augment.batch_views(images, image_size,
+                                 tf.random.experimental.stateless_fold_in(batch_seed, v),
+                                 first_row=first_row, num_rows=batch_size)
+             for v in (0, 1)]
+    return index, views[0], views[1]
 
 
 def _pass_seed(seed: int, data_pass: tf.Tensor) -> tf.Tensor:

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import config, distribute, sources
+from ifnd_tf import command_settings, config, distribute, sources
 
 STEP_BOUNDARIES = (0.6, 0.8)  # step schedule: lr x 0.1 at 60 % and 80 % of training (MoCo)
 
@@ -20,7 +20,7 @@ def export_dir_of(saved_model: str) -> str:
     return os.path.dirname(os.path.normpath(os.path.abspath(saved_model)))
 
 
-def setup(name: str, cfg: config.RunConfig, ev: config.EvalConfig
+def setup(name: str, cfg: config.RunConfig, ev: command_settings.EvalConfig
           ) -> tuple[str, str, tf.distribute.Strategy, sources.Source, sources.Source]:
     """What an evaluation command needs: the SavedModel path (default
     <model_dir>/export/saved_model), the folder for result.json (default <run>/<name>, beside

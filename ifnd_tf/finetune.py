@@ -18,7 +18,7 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
 import keras
 import tensorflow as tf
 
-from ifnd_tf import cli, config, data, evaluate, sources
+from ifnd_tf import cli, command_settings, data, evaluate, sources
 
 
 def classifier(encoder: keras.Model, num_classes: int) -> keras.Model:
@@ -48,7 +48,7 @@ def finetune(saved_model: str, train_source: sources.Source, test_source: source
 
 def run() -> dict:
     """Fine-tune once per labelled fraction named by the flags; write result.json."""
-    cfg, ev = cli.run_config_from_flags(), cli.section_from_flags(config.EvalConfig)
+    cfg, ev = cli.run_config_from_flags(), cli.section_from_flags(command_settings.EvalConfig)
     saved_model, eval_dir, strategy, train_source, test_source = evaluate.setup(
         "finetune", cfg, ev)
     runs = []

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ifnd_tf import cli, config, data, evaluate, sources
+from ifnd_tf import cli, command_settings, data, evaluate, sources
 from ifnd_tf.embedding import DatasetEmbedder
 
 
@@ -88,7 +88,7 @@ def probe(encoder: keras.Model, train_source: sources.Source, test_source: sourc
 
 def run() -> dict:
     """Load the encoder and data named by the flags, probe, write result.json."""
-    cfg, ev = cli.run_config_from_flags(), cli.section_from_flags(config.EvalConfig)
+    cfg, ev = cli.run_config_from_flags(), cli.section_from_flags(command_settings.EvalConfig)
     saved_model, eval_dir, strategy, train_source, test_source = evaluate.setup(
         "linear_eval", cfg, ev)
     keras.utils.set_random_seed(cfg.run.seed)

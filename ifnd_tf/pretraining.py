@@ -25,6 +25,7 @@ from ifnd_tf import (
     preemption,
     run_directory,
     sources,
+    validation,
 )
 from ifnd_tf.config import RunConfig
 
@@ -52,7 +53,7 @@ def pretrain(cfg: RunConfig, encoder: keras.Model | None = None,
     instead of cfg.data.dataset (sources.from_arrays, sources.load_source, ...). extra_record:
     more entries for flags.json (the command line's evaluation flags).
     """
-    config.validate_strategy(cfg.run.strategy)
+    validation.validate_strategy(cfg.run.strategy)
     strategy = distribute.make_strategy(cfg.run.cpu_replicas, cfg.run.strategy, cfg.run.tpu)
     cfg.validate(strategy.num_replicas_in_sync)
     _set_up_process(cfg)

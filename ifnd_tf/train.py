@@ -11,14 +11,14 @@ if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/r
 
 import sys
 
-from ifnd_tf import cli, config, preemption
+from ifnd_tf import cli, command_settings, preemption
 from ifnd_tf.pretraining import pretrain
 
 
 def run() -> str | None:
     """Train (or resume) and export; returns the SavedModel directory if exported."""
     cfg = cli.run_config_from_flags()
-    cli.section_from_flags(config.EvalConfig).validate()  # before anything is written
+    cli.section_from_flags(command_settings.EvalConfig).validate()  # before anything is written
     try:
         return pretrain(cfg, extra_record=cli.command_record()).saved_model
     except preemption.Preempted as e:  # not an error: its own line and exit code

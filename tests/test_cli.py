@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -45,8 +46,15 @@ def _command(main_body: str, **env) -> subprocess.CompletedProcess:
             "cli.run(main)\n")
     env = {**{k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "TF_CONFIG")},
            **env}
-    return subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    # TensorFlow's own start-up log lines (cli imports the config, which imports TF).
+    result.stderr = "".join(line for line in result.stderr.splitlines(keepends=True)
+                            if not TF_LOG.match(line))
+    return result
+
+
+TF_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} )")
 
 
 def test_run_ends_a_successful_command_at_once_with_its_output_and_exit_handlers():

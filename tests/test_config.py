@@ -6,7 +6,7 @@ import os
 import pytest
 from absl.testing import flagsaver
 
-from ifnd_tf import cli, config
+from ifnd_tf import cli, command_settings, config
 
 
 def _validate(num_replicas=1, **changes):
@@ -26,8 +26,8 @@ def _validate(num_replicas=1, **changes):
     ({"moco_momentum": 1.0}, "--moco_momentum must be in \\[0, 1\\)"),
     ({"backbone": "resnet50", "image_size": 16},
      "--image_size=16 is smaller than --backbone=resnet50 takes \\(>= 32: it downsamples 32x\\)"),
-    ({"backbone": "keras.applications.NoSuchNet"}, "--backbone=keras.applications.NoSuchNet: "
-                                                   "keras.applications has no 'NoSuchNet'"),
+    ({"backbone": "keras.applications.NoSuchNet"}, ("--backbone=keras.applications.NoSuchNet: "
+                                                   "keras.applications has no 'NoSuchNet'")),
     ({"backbone": "vgg"}, "--backbone must be one of"),
 ])
 def test_bad_values_name_the_flag(overrides, message):
@@ -91,7 +91,7 @@ def test_sections_have_defaults_on_their_fields_and_need_no_command_line():
 
 def test_every_field_is_one_flag_and_every_flag_one_field():
     """The flags are defined from the fields (cli.py): same names, defaults and help."""
-    fields = {config.flag_name(f): f for section in config.COMMAND_LINE_SECTIONS
+    fields = {config.flag_name(f): f for section in cli.COMMAND_LINE_SECTIONS
               for f in config.flag_fields(section)}
     defined = {name for name, flag in cli.FLAGS.__flags.items()
                if cli.FLAGS.find_module_defining_flag(name) == cli.__name__}
@@ -142,7 +142,8 @@ def test_library_modules_read_no_flag():
     for path in glob.glob(os.path.join(package, "*.py")):
         if os.path.basename(path) == "cli.py":
             continue
-        tree = ast.parse(open(path).read())
+        with open(path) as f:
+            tree = ast.parse(f.read())
         imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                     and node.module == "absl" for alias in node.names}
         assert "flags" not in imported, path
@@ -189,7 +190,7 @@ def test_negative_knn_max_train_names_the_flag():
 
 def test_eval_settings_are_checked():
     with pytest.raises(config.ConfigError, match="--linear_epochs must be >= 1, got 0"):
-        config.EvalConfig(linear_epochs=0).validate()
+        command_settings.EvalConfig(linear_epochs=0).validate()
     with pytest.raises(config.ConfigError, match="one value per --finetune_fractions"):
-        config.EvalConfig(finetune_fractions=("0.1",), finetune_epochs=("1", "2")).validate()
-    assert config.EvalConfig().finetune_plan() == [(0.01, 60), (0.1, 30)]
+        command_settings.EvalConfig(finetune_fractions=("0.1",), finetune_epochs=("1", "2")).validate()
+    assert command_settings.EvalConfig().finetune_plan() == [(0.01, 60), (0.1, 30)]

@@ -6,7 +6,7 @@ import keras
 import pytest
 from conftest import run_cli
 
-from ifnd_tf import config, encoders, export, finetune, sources
+from ifnd_tf import command_settings, config, encoders, export, finetune, sources
 
 
 @pytest.fixture(scope="module")
@@ -49,5 +49,5 @@ def test_cli_fine_tunes_each_fraction_and_writes_result_json(random_init_export)
 ])
 def test_bad_finetune_flags_name_the_flag(fractions, epochs, message):
     with pytest.raises(config.ConfigError, match=re.escape(message)):
-        config.EvalConfig(finetune_fractions=tuple(fractions),
+        command_settings.EvalConfig(finetune_fractions=tuple(fractions),
                           finetune_epochs=tuple(epochs)).validate()
