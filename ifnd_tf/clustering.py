@@ -11,6 +11,7 @@ builds the 512 GB [N, k] matrix. Above SEQUENTIAL_SEEDING_MAX_K, seeding reads t
 per round of seeds instead of once per seed (`batched_kmeans_plus_plus_seeds`).
 """
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -36,7 +37,9 @@ SEQUENTIAL_SEEDING_MAX_K = 1000
 SKLEARN_MAX_K = 10_000
 _ASSIGN_CHUNK = 8192  # numpy rows per block (the assignment's row chunk before issue 30)
 _BLOCK_ROW_TARGET = 4096  # rows a block keeps before the centroids are split into chunks
-_SEEDING_ROUND_MAX = 4096  # seeds accepted per seeding round at most
+# Seeds accepted per seeding round at most: its 4x proposals (2 MB at dim 128) stay in cache
+# for the per-seed update; the pool is read once per round.
+_SEEDING_ROUND_MAX = 1024
 _PROPOSALS_PER_SEED = 4  # D² proposals drawn per seed wanted in a round
 _SAME_DIRECTION = 1e-6  # squared distance below which two unit rows count as one direction
 
@@ -262,6 +265,12 @@ def batched_kmeans_plus_plus_seeds(x: np.ndarray, k: int, rng: np.random.Generat
     return seeds.astype(np.float32)
 
 
+@functools.cache
+def _blas_threads() -> threadpoolctl.ThreadpoolController:
+    """Found once: threadpool_limits() scans the loaded libraries on every call."""
+    return threadpoolctl.ThreadpoolController()
+
+
 def _seeding_round(pool: np.ndarray, nearest: np.ndarray, wanted: int,
                    rng: np.random.Generator, k: int, found: int) -> np.ndarray:
     """Up to `wanted` exact k-means++ draws by rejection sampling from stale distances.
@@ -281,12 +290,14 @@ def _seeding_round(pool: np.ndarray, nearest: np.ndarray, wanted: int,
     now = start.copy()
     thresholds = rng.random(len(proposed)) * start  # accept i while thresholds[i] < now[i]
     accepted = []
-    for i in range(len(proposed)):
-        if thresholds[i] < now[i]:
-            accepted.append(i)
-            if len(accepted) == wanted:
-                break
-            now = np.minimum(now, _squared_distance(points @ points[i]))
+    with _blas_threads().limit(limits=1, user_api="blas"):  # tiny mat-vecs: no thread waits
+        for i in range(len(proposed)):
+            if thresholds[i] < now[i]:
+                accepted.append(i)
+                if len(accepted) == wanted:
+                    break  # only later proposals can still be accepted:
+                later = _squared_distance(points[i + 1:] @ points[i])
+                now[i + 1:] = np.minimum(now[i + 1:], later)
     return points[accepted]
 
 
@@ -337,6 +348,7 @@ def _tf_nearest(points: tf.Tensor, centroids: tf.Tensor,
         for c0 in range(0, k, cols):
             sims = _tf_block(chunk, centroids[c0:c0 + cols])
             block_best, block_arg = tf.reduce_max(sims, axis=1), tf.argmax(sims, axis=1) + c0
+            del sims  # before the next block: one [rows, cols] tensor at a time
             if best is None:
                 best, arg = block_best, block_arg
             else:  # ties keep the earlier centroid, as one argmax over all of them would
