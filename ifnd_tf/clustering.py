@@ -121,8 +121,9 @@ def faiss_uses_gpu(device: str, backend: str) -> bool:
     if device == "cpu" or (backend != "faiss" and device == "auto"):
         return False
     if backend != "faiss":
+        where = "runs where TensorFlow places it" if backend == "tf" else "is CPU-only"
         raise ConfigError(f"--kmeans_device=gpu places faiss only; --kmeans_backend={backend} "
-                          f"runs where {'TensorFlow places it' if backend == 'tf' else 'it can'}")
+                          f"{where}")
     import faiss  # optional dependency, imported only when chosen
 
     supported = hasattr(faiss, "StandardGpuResources")
@@ -254,15 +255,16 @@ def batched_kmeans_plus_plus_seeds(x: np.ndarray, k: int, rng: np.random.Generat
     round's proposals (`_seeding_round`). Same pool and ConfigError as kmeans_plus_plus_seeds.
     """
     pool = _seeding_pool(x, k, rng, max_points)
-    seeds = pool[rng.integers(len(pool))][None]
-    nearest = _squared_distance(nearest_two(pool, seeds, memory_budget)[1])
-    while len(seeds) < k:
-        wanted = min(k - len(seeds), len(seeds), _SEEDING_ROUND_MAX)
-        new = _seeding_round(pool, nearest, wanted, rng, k, len(seeds))
-        seeds = np.concatenate([seeds, new])
+    rounds = [pool[rng.integers(len(pool))][None]]
+    nearest = _squared_distance(nearest_two(pool, rounds[0], memory_budget)[1])
+    found = 1
+    while found < k:
+        wanted = min(k - found, found, _SEEDING_ROUND_MAX)
+        rounds.append(_seeding_round(pool, nearest, wanted, rng, k, found))
+        found += len(rounds[-1])
         nearest = np.minimum(nearest,
-                             _squared_distance(nearest_two(pool, new, memory_budget)[1]))
-    return seeds.astype(np.float32)
+                             _squared_distance(nearest_two(pool, rounds[-1], memory_budget)[1]))
+    return np.concatenate(rounds).astype(np.float32)
 
 
 @functools.cache
