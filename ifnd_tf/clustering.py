@@ -102,7 +102,7 @@ class KMeansSettings:
 
 
 def check_backend_k(backend: str, k: int) -> None:
-    """ConfigError for an unknown backend, or sklearn at a k it would take hours on."""
+    """ConfigError for an unknown backend, or sklearn above SKLEARN_MAX_K (faiss, tf scale)."""
     if backend not in BACKENDS:
         raise ConfigError(f"--kmeans_backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "sklearn" and k > SKLEARN_MAX_K:
