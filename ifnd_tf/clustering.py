@@ -225,7 +225,7 @@ def hierarchical_pseudo_labels(embeddings: np.ndarray, ks: Sequence[int], alpha:
 
     `threads` caps the BLAS / OpenMP threads of numpy, faiss and sklearn (None: their
     default): their threads wait on each other when the cores are busy with TF's, which
-    made the default much slower on 2 busy cores (bench/README.md, "Clustering share").
+    made the default much slower on 2 busy cores (docs/design.md, "k-means").
     """
     with threadpoolctl.threadpool_limits(threads):
         embeddings = l2_normalize(np.asarray(embeddings, np.float32))

@@ -241,7 +241,8 @@ def validate_flags(num_replicas: int) -> None:
            f"{model.MIN_KEY_BN_GROUP} (--batch_size / --key_bn_splits)")
     _check(0.0 <= f.alpha_start <= 1.0, f"--alpha_start must be in [0, 1], got {f.alpha_start}")
     _check(0.0 <= f.alpha_end <= 1.0, f"--alpha_end must be in [0, 1], got {f.alpha_end}")
-    _check(f.alpha_end >= f.alpha_start,  # IFND's acceptance only grows (BUILD_NOTES, issue 15)
+    # IFND's acceptance only grows (docs/design.md, "Schedule").
+    _check(f.alpha_end >= f.alpha_start,
            f"--alpha_end={f.alpha_end} is below --alpha_start={f.alpha_start}: the acceptance "
            "rate must not decrease (equal values give a constant rate)")
     _check(0 <= f.warmup_epochs < f.epochs or not f.ifnd,

@@ -370,7 +370,7 @@ def train_pipeline(source: Source, batch_size: int, image_size: int, seed: int,
     example) for arrays in memory, which are cropped a whole batch at a time.
     `start_step` skips the batches a resumed run already trained on; `num_steps` ends the stream
     exactly when training ends (tearing down an endless stream mid-flight stalled the end of
-    fit: docs/design.md, "Decisions", epoch boundary).
+    fit: docs/design.md, "Epoch boundary").
 
     `input_context` (from `strategy.distribute_datasets_from_function`): this input pipeline
     (worker) yields per-replica batches of its share of every global batch only — global
@@ -532,8 +532,8 @@ def embedding_pipeline(source: Source, batch_size: int, image_size: int,
             ds = positions.batch(batch_size).map(read_centered, num_parallel_calls=AUTOTUNE)
         else:
             ds = positions.map(read_centered, num_parallel_calls=AUTOTUNE).batch(batch_size)
-    # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (bench/README.md,
-    # "5. Fixes"). Untuned, map runs one call per core and 2 batches wait ready.
+    # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (docs/design.md,
+    # "Embedding pass"). Untuned, map runs one call per core and 2 batches wait ready.
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(2).with_options(options)

@@ -26,7 +26,8 @@ def false_negative_mask(anchor_labels: tf.Tensor, queue_labels: tf.Tensor,
       anchor_labels: int [levels, batch], -1 where the anchor has no accepted label.
       queue_labels: int [levels, queue], -1 where the entry has no accepted label.
       min_levels: how many hierarchy levels must agree: 1 is the paper's union (any level);
-        more is a vote that trades recall for precision (docs/design.md, "Method evidence").
+        more is a vote that trades recall for precision (docs/design.md, "Vote over the
+        hierarchy").
     Returns:
       bool [batch, queue]: True where anchor and entry agree at >= min_levels levels.
       Unlabeled (-1) never matches anything, not even another -1.
@@ -45,7 +46,8 @@ def nearest_fraction_mask(similarities: tf.Tensor, valid: tf.Tensor,
     GloFND (Balmaseda et al. 2025, arXiv 2502.20612) learns a per-anchor threshold at the
     dataset-wide (1 - fraction) quantile of the anchor's similarities, by SGD, because it sees
     only mini-batch negatives; the MoCo queue is a large random sample of the dataset, so the
-    quantile is read from it directly, every step (docs/design.md, "Method evidence").
+    quantile is read from it directly, every step (docs/design.md, "Per-anchor quantile
+    detector").
 
     Args:
       similarities: float [batch, queue], e.g. the queue columns of the logits.
