@@ -21,8 +21,9 @@ test: install data
 
 install: $(VENV)/.installed
 
-# uv installs the same pinned wheels 1.7-1.9x faster than pip (docs/results.md, "Third session");
-# bytecode compiled at install, as pip does. pip stays the fallback (e.g. an index only pip.conf knows).
+# uv installs the same pinned wheels 1.7-1.9x faster than pip
+# (docs/results.md, "How long do the demo and the tests take"); bytecode compiled at install,
+# as pip does. pip stays the fallback (e.g. an index only pip.conf knows).
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	($(VENV)/bin/pip install -q $(UV) && $(VENV)/bin/uv pip install -q --compile-bytecode \

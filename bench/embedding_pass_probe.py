@@ -2,7 +2,8 @@
 
     python -m bench.embedding_pass_probe
 
-The probe behind bench/README.md, "3. Clustering share": nothing in the pass itself was worth 2x.
+The probe behind docs/results.md, "What does the clustering pass cost": nothing in the pass
+itself was worth 2x.
 """
 if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
     from ifnd_tf import runtime

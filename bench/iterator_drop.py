@@ -3,7 +3,7 @@
     python -m bench.iterator_drop {on,off} {distributed,plain}   # the embedding pass's
     python -m bench.iterator_drop training [--rounds=4]          # the training input's
 
-The first is the measurement behind bench/README.md, "5. Fixes" (item 2): why `DatasetEmbedder`
+The first is the measurement behind docs/design.md, "Embedding pass": why `DatasetEmbedder`
 iterates the dataset plainly and `data.embedding_pipeline` turns autotuning off. The second
 drops the demo's training input after ~30 s of use (one batch per 0.2 s, as a step would take
 them), alternating `builder.train_input` (one untuned pipeline per CPU replica) with TF's

@@ -3,7 +3,7 @@
 Each rule scores every sample at every hierarchy level; the per-cluster top-alpha acceptance
 (clustering.accept_top_fraction) is the same for all rules. `margin` is the paper's rule; the
 others ask whether a sample's cluster-mates are corroborated by another view of the data
-(docs/design.md, "Method evidence (issue 14)"):
+(docs/design.md, "Confidence rules"):
 
   margin      cos(own centroid) - cos(nearest other centroid)            (the paper)
   agreement   the fraction of a sample's cluster-mates that share its cluster at the other

@@ -2,7 +2,7 @@
 
     python -m scripts.knn_cost runs/compare/moco/export/saved_model
 
-The cost quoted in docs/design.md, "Evaluation protocols" (kNN monitor).
+The cost quoted in docs/design.md, "kNN monitor".
 """
 if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
     from ifnd_tf import runtime

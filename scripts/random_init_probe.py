@@ -2,7 +2,8 @@
 
     python -m scripts.random_init_probe
 
-The baseline of docs/results.md, "Digits" (and of tests/test_linear_eval.py).
+The baseline of docs/results.md, "Does the pre-trained backbone beat a random one" (and of
+tests/test_linear_eval.py).
 """
 if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
     from ifnd_tf import runtime

@@ -36,10 +36,11 @@ def pytest_configure(config):
     cli.FLAGS.mark_as_parsed()  # the commands' run() read flags; tests override via flagsaver
 
 
-# The modules with the longest runs, longest first (seconds in one fresh-clone run: docs/results.md,
-# "Test suite"). make test hands whole modules to its two xdist workers in collection order
-# (--no-loadscope-reorder); the long ones first lets the short ones fill the gaps at the end
-# instead of one module running alone while the other worker idles.
+# The modules with the longest runs, longest first (seconds in one fresh-clone run:
+# docs/results.md, "How long do the demo and the tests take"). make test hands whole modules to
+# its two xdist workers in collection order (--no-loadscope-reorder); the long ones first lets
+# the short ones fill the gaps at the end instead of one module running alone while the other
+# worker idles.
 LONGEST_MODULES = ("test_train.py", "test_compare.py", "test_model.py", "test_train_imagenet.py",
                    "test_linear_eval.py", "test_runtime.py", "test_data.py")
 
