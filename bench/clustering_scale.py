@@ -18,7 +18,7 @@ import resource
 import time
 
 from bench.clustering_memory import current_rss, peak_rss, reset_peak, synthetic_embeddings
-from ifnd_tf import clustering
+from ifnd_tf import clustering, kmeans
 
 MB = 1 << 20
 
@@ -26,7 +26,7 @@ MB = 1 << 20
 def flops(n: int, k: int, dim: int, iterations: int, max_points_per_centroid: int) -> dict:
     """Multiply-adds x 2 of the similarity matmuls, the only O(N k dim) work of a pass."""
     sample = min(n, k * max_points_per_centroid)
-    pool = min(sample, max(20_000, 20 * k))  # the seeding pool (clustering._seeding_pool)
+    pool = min(sample, max(20_000, 20 * k))  # the seeding pool (kmeans._seeding_pool)
     return {"seeding": 2 * pool * k * dim,  # every pool row meets every seed once
             "lloyd": iterations * 2 * sample * k * dim,
             "assignment": 2 * n * k * dim}
@@ -65,7 +65,7 @@ def one_pass(embeddings, k: int, args: argparse.Namespace, seeding: Stopwatch) -
             "memory_budget_mib": args.memory_budget_mib,
             "tf_lloyd_block": clustering.block_shape(min(n, k * args.max_points_per_centroid),
                                                      k, budget),
-            "assignment_block": clustering.block_shape(n, k, budget, clustering._ASSIGN_CHUNK),
+            "assignment_block": clustering.block_shape(n, k, budget, kmeans._ASSIGN_CHUNK),
             "full_similarity_mb": n * k * 4 / MB,
             "seconds": {"seeding": seeding.seconds, "lloyd": fitted - start - seeding.seconds,
                         "assignment": done - fitted},

@@ -231,8 +231,8 @@ def embedding_pipeline(source: Source, batch_size: int, image_size: int,
             ds = positions.batch(batch_size).map(read_centered, num_parallel_calls=AUTOTUNE)
         else:
             ds = positions.map(read_centered, num_parallel_calls=AUTOTUNE).batch(batch_size)
-    # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (bench/README.md,
-    # "5. Fixes"). Untuned, map runs one call per core and 2 batches wait ready.
+    # A new iterator every pass: dropping an autotuned one sometimes stalled 1-2 s (docs/design.md,
+    # "Embedding pass"). Untuned, map runs one call per core and 2 batches wait ready.
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(2).with_options(options)

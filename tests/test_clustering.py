@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from ifnd_tf import clustering
+from ifnd_tf import clustering, kmeans
 
 
 def _separated_blobs(num_clusters=5, per_cluster=200, dim=16, seed=0):
@@ -133,10 +133,10 @@ def test_tf_backend_reseeds_an_empty_cluster_at_the_worst_fit_point():
     points = clustering.l2_normalize(np.array(
         [[1.0, 0.0], [0.99, 0.1], [0.98, -0.1], [0.0, 1.0]], np.float32))
     init = np.stack([points[0], points[0]])
-    centroids = clustering._fit_tf(points, init, iterations=1)
+    centroids = kmeans._fit_tf(points, init, iterations=1)
     np.testing.assert_allclose(centroids[1], points[3], atol=1e-6)
     assert not np.allclose(centroids[0], centroids[1])
-    final = clustering._fit_tf(points, init, iterations=3)
+    final = kmeans._fit_tf(points, init, iterations=3)
     assign, _ = clustering.assign_with_confidence(points, final)
     np.testing.assert_array_equal(assign, [0, 0, 0, 1])
 
@@ -189,10 +189,10 @@ class _BlockRecorder:
 def test_every_similarity_block_stays_within_the_budget(monkeypatch):
     budget, (n, k) = 64 << 10, (2000, 300)
     assert n * k * 4 > 30 * budget  # the full matrix would not fit
-    tf_blocks = _BlockRecorder(clustering._tf_block)
-    np_blocks = _BlockRecorder(clustering._np_block)
-    monkeypatch.setattr(clustering, "_tf_block", tf_blocks)
-    monkeypatch.setattr(clustering, "_np_block", np_blocks)
+    tf_blocks = _BlockRecorder(kmeans._tf_block)
+    np_blocks = _BlockRecorder(kmeans._np_block)
+    monkeypatch.setattr(kmeans, "_tf_block", tf_blocks)
+    monkeypatch.setattr(kmeans, "_np_block", np_blocks)
     x = _unit_rows(n, 16, seed=1)
     centroids = clustering.fit_centroids(x, k, "tf", seed=0, iterations=2, memory_budget=budget,
                                          sequential_seeding_max_k=100)  # batched seeding too
@@ -272,7 +272,7 @@ def test_batched_seeding_recovers_separated_clusters(monkeypatch):
     # 40 tight clusters around orthogonal directions, k = 40 through the batched path. Like
     # the sequential loop, k-means++ can miss a cluster when clusters are wide (both recovered
     # all 40 for 19 and 18 of 20 seeds at this noise, 8 of 20 at 3x it).
-    monkeypatch.setattr(clustering, "kmeans_plus_plus_seeds", None)  # not the sequential loop
+    monkeypatch.setattr(kmeans, "kmeans_plus_plus_seeds", None)  # not the sequential loop
     rng = np.random.default_rng(1)
     centres = 8.0 * np.eye(64, dtype=np.float32)[:40]
     points = np.repeat(centres, 50, axis=0) + 0.03 * rng.normal(size=(2000, 64)).astype(np.float32)
