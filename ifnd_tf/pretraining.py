@@ -47,8 +47,8 @@ def pretrain(cfg: RunConfig, encoder: keras.Model | None = None,
     """Train (or resume) and export.
 
     encoder: a Keras model (images in [0, 1] -> features, or an encoder with the MoCo head)
-    instead of cfg.encoder's backbone; it must be built in this call's strategy, so pass a
-    function of no arguments returning the model when using several replicas. detector:
+    instead of cfg.encoder's backbone, copied into this call's distribution strategy (or a
+    function of no arguments that builds it, called in the strategy's scope). detector:
     instead of the one cfg.detection names (None: plain MoCo v2). source: training data
     instead of cfg.data.dataset (sources.from_arrays, sources.load_source, ...). extra_record:
     more entries for flags.json (the command line's evaluation flags).
@@ -70,8 +70,7 @@ def pretrain(cfg: RunConfig, encoder: keras.Model | None = None,
     write_record(run_dir, cfg, record)
     steps = cfg.schedule.steps_per_epoch or source.num_examples // cfg.schedule.batch_size
     with strategy.scope():
-        user_encoder = encoder() if callable(encoder) and not isinstance(
-            encoder, keras.Model) else encoder
+        user_encoder = _in_scope(encoder)
         moco = builder.build_model(cfg, source.num_examples, steps,
                                    builder.use_jit(cfg.run.jit_compile, strategy,
                                                    cfg.run.deterministic),
@@ -87,6 +86,21 @@ def pretrain(cfg: RunConfig, encoder: keras.Model | None = None,
                                             os.path.join(cfg.run.model_dir, "export"))
         print(f"exported encoder to {saved_model}", flush=True)
     return Pretrained(moco, saved_model, run_dir)
+
+
+def _in_scope(encoder) -> keras.Model | None:
+    """The user's encoder with its variables in the current strategy's scope: a function is
+    called there; a model built before is copied there (architecture and weights)."""
+    if encoder is None or not isinstance(encoder, keras.Model):
+        return encoder() if encoder is not None else None
+    try:
+        copy = keras.models.clone_model(encoder)
+    except (ValueError, TypeError, NotImplementedError) as e:
+        raise config.ConfigError(
+            f"encoder: cannot copy {type(encoder).__name__} {encoder.name!r} into the run's "
+            "distribution strategy; pass a function of no arguments that builds it") from e
+    copy.set_weights(encoder.get_weights())
+    return copy
 
 
 def _set_up_process(cfg: RunConfig) -> None:

@@ -191,7 +191,9 @@ def restore_newest(checkpoint: tf.train.Checkpoint, checkpoint_dir: str, may_mov
         checkpoint.restore(prefix).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise RunDirError(f"checkpoint {prefix} does not fit this model ({str(e).splitlines()[0]}); "
-                          "it was written with other flags or data") from e
+                          "it was written with other flags or data, or by an ifnd_tf older than "
+                          "the detector interface (its detector state is model/detector/ now): "
+                          "use a new --model_dir") from e
     return prefix
 
 

@@ -128,6 +128,49 @@ def test_export_of_a_user_encoder_round_trips(tmp_path, one_replica):
             "keras.applications.MobileNetV3Small", 32), 16)
     saved = export.export_encoder(encoder, str(tmp_path / "export"))
     images = tf.random.uniform([2, 32, 32, 3], seed=3)
-    np.testing.assert_allclose(tf.saved_model.load(saved).serve(images).numpy(),
+    loaded = tf.saved_model.load(saved)  # held: its functions need its variables
+    np.testing.assert_allclose(loaded.serve(images).numpy(),
                                encoder(images, training=False)["embedding"].numpy(),
                                rtol=1e-4, atol=1e-5)
+
+
+PRETRAIN_SCRIPT = """
+import sys
+import keras
+from ifnd_tf import RunConfig, pretrain
+
+name, model_dir = sys.argv[1], sys.argv[2]
+config = RunConfig().replace(
+    dataset="digits", image_size=32, batch_size=16, queue_size=64, key_bn_splits=2, epochs=2,
+    steps_per_epoch=3, checkpoint_every_steps=1, num_clusters=[10], knn_every=0,
+    embed_batch_size=256, kmeans_backend="sklearn", model_dir=model_dir)
+backbone = getattr(keras.applications, name)(input_shape=(32, 32, 3), weights=None,
+                                             include_top=False, pooling="avg")
+result = pretrain(config, encoder=backbone)
+print("saved", result.saved_model, result.model.encoder.output["features"].shape[-1])
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name, features", [("MobileNetV3Small", 576), ("ResNet50", 2048)])
+def test_keras_application_trains_resumes_and_exports_from_python(tmp_path, name, features):
+    """pretrain(config, encoder=<a keras.applications net>): SIGTERM after the first step's
+    checkpoint (Preempted), then the same call resumes there, finishes and exports."""
+    command = [sys.executable, "-c", PRETRAIN_SCRIPT, name, str(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    mark = tmp_path / "checkpoints" / "ckpt-1.index"
+    deadline = time.monotonic() + 300
+    while not mark.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate()
+    assert "Preempted: stopped by SIGTERM after step" in stderr, stderr[-2000:]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"saved {tmp_path / 'export' / 'saved_model'} {features}")
+    loaded = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
+    assert loaded.features(tf.zeros([1, 32, 32, 3])).shape == (1, features)
