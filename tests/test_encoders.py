@@ -74,10 +74,8 @@ def test_a_subclassed_encoder_without_a_key_copy_is_refused_in_one_line():
         encoders.key_encoder_for(net, 2)
 
 
-def _interrupted(model_dir, *extra):
-    """A run SIGTERMed once its first mid-epoch checkpoint exists."""
-    command = [sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
-               f"--model_dir={model_dir}", *extra]
+def _interrupted(model_dir, command):
+    """`command` SIGTERMed once its first mid-epoch checkpoint exists: (stderr, exit code)."""
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     mark = model_dir / "checkpoints" / "ckpt-1.index"
@@ -92,7 +90,9 @@ def _interrupted(model_dir, *extra):
 def test_keras_application_trains_resumes_and_exports_from_the_command_line(tmp_path):
     flags = [*TINY, "--backbone=keras.applications.MobileNetV3Small", "--epochs=2",
              "--steps_per_epoch=3", "--checkpoint_every_steps=1"]
-    stderr, code = _interrupted(tmp_path, *flags)
+    stderr, code = _interrupted(tmp_path, [
+        sys.executable, "-m", "ifnd_tf.train", "--flagfile=flags/smoke.cfg",
+        f"--model_dir={tmp_path}", *flags])
     assert code == 75, stderr[-2000:]  # pre-empted: saved, exit 75
     result = run_smoke("ifnd_tf.train", tmp_path, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -157,14 +157,7 @@ def test_keras_application_trains_resumes_and_exports_from_python(tmp_path, name
     """pretrain(config, encoder=<a keras.applications net>): SIGTERM after the first step's
     checkpoint (Preempted), then the same call resumes there, finishes and exports."""
     command = [sys.executable, "-c", PRETRAIN_SCRIPT, name, str(tmp_path)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    mark = tmp_path / "checkpoints" / "ckpt-1.index"
-    deadline = time.monotonic() + 300
-    while not mark.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate()
+    stderr, _ = _interrupted(tmp_path, command)
     assert "Preempted: stopped by SIGTERM after step" in stderr, stderr[-2000:]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           check=False)
