@@ -68,10 +68,13 @@ class MetricsCsv(keras.callbacks.Callback):
         self.columns: list[str] = []
         self.rows: list[dict[str, str]] = []
         if os.path.exists(path):
-            with open(path) as f:
-                reader = csv.DictReader(f)
-                self.columns = [c for c in reader.fieldnames or [] if c != "epoch"]
-                self.rows = [row for row in reader if int(row["epoch"]) < completed_epochs]
+            try:
+                with open(path) as f:
+                    reader = csv.DictReader(f)
+                    self.columns = [c for c in reader.fieldnames or [] if c != "epoch"]
+                    self.rows = [row for row in reader if int(row["epoch"]) < completed_epochs]
+            except (KeyError, TypeError, ValueError, csv.Error) as e:
+                raise damaged(path, e, "move it aside to start a new one") from e
             self._rewrite()
 
     def _rewrite(self) -> None:
@@ -105,8 +108,21 @@ def read_metrics(path: str) -> list[dict[str, float]]:
     """
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path) as f:
+            rows = list(csv.DictReader(f))
+        return _history(path, rows)
+    except (KeyError, TypeError, ValueError, csv.Error) as e:
+        raise damaged(path, e, "move it aside") from e
+
+
+def damaged(path: str, error: Exception, remedy: str) -> RunDirError:
+    """One line for a run-directory file that does not read back."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return RunDirError(f"{path} is damaged ({reason}); the checkpoints are intact: {remedy}")
+
+
+def _history(path: str, rows: list[dict]) -> list[dict[str, float]]:
     history = []
     for row in rows:
         record = {}

@@ -65,6 +65,18 @@ def section_from_flags(section_type):
         config.flag_name(f)].value) for f in config.flag_fields(section_type)})
 
 
+def parse_flag_args(args: list[str]) -> dict:
+    """{flag name: value} of `--name=value` arguments, parsed as the command line would."""
+    values = {}
+    for arg in args:
+        name, _, text = arg[2:].partition("=")
+        try:
+            values[name] = FLAGS[name].parser.parse(text)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"{arg}: {e}") from e
+    return values
+
+
 def command_record() -> dict:
     """The evaluation and compare flags, recorded in flags.json beside the run's settings."""
     return {**flag_values(command_settings.EvalConfig), **flag_values(command_settings.CompareConfig)}

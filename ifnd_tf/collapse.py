@@ -29,6 +29,7 @@ class StopOnCollapse(keras.callbacks.Callback):
         self.patience = patience
         self.step = start_step
         self.streak = 0
+        self.spread = 1.0
 
     @property
     def collapsing(self) -> bool:
@@ -37,12 +38,21 @@ class StopOnCollapse(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
-        spread = float((logs or {}).get("key_spread", 1.0))
-        self.streak = self.streak + 1 if spread < self.min_spread else 0
+        self.spread = float((logs or {}).get("key_spread", 1.0))
+        self.streak = self.streak + 1 if self.spread < self.min_spread else 0
         if self.streak >= self.patience:
-            raise CollapseError(
-                f"the embedding collapsed: key spread {spread:.3g} < {self.min_spread} for "
-                f"{self.streak} steps in a row (steps {self.step - self.streak + 1}-{self.step}, "
-                "every key nearly the same vector); stopped, last good checkpoint kept: "
-                f"{self.manager.latest_checkpoint or 'none yet'} (lower --learning_rate; "
-                "--collapse_steps=0 turns this check off)")
+            raise self._error("the embedding collapsed")
+
+    def on_train_end(self, logs=None):
+        """A run (or a fit call) that ends on collapsed steps ends as a collapsed run: it
+        must not export the collapsed encoder and exit 0, however short the streak."""
+        if self.streak:
+            raise self._error("training ended with the embedding collapsed")
+
+    def _error(self, what: str) -> CollapseError:
+        return CollapseError(
+            f"{what}: key spread {self.spread:.3g} < {self.min_spread} for {self.streak} steps "
+            f"in a row (steps {self.step - self.streak + 1}-{self.step}, every key nearly the "
+            "same vector); stopped, last good checkpoint kept: "
+            f"{self.manager.latest_checkpoint or 'none yet'} (lower --learning_rate; "
+            "--collapse_steps=0 turns this check off)")

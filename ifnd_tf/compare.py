@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 
-from ifnd_tf import callbacks, cli, command_settings, config
+from ifnd_tf import callbacks, cli, command_settings, config, run_directory
 
 # key: (table name, short name in verdicts, flags). The reference of the paired differences.
 BUILTIN_VARIANTS = {"moco": ("MoCo v2", "MoCo", ["--ifnd=false"]),
@@ -158,6 +158,43 @@ def format_summary(names: dict[str, str], summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def check_reused(run_dir: str, expected: config.RunConfig,
+                 probe: command_settings.EvalConfig) -> None:
+    """A run directory holding a run or a probe of other settings is refused in one line
+    (its numbers would stand in the table for settings they were not made with)."""
+    flags_json = os.path.join(run_dir, "flags.json")
+    if os.path.exists(flags_json):
+        config.check_same_run(run_directory.read_record(flags_json, "flags"), expected.flat(),
+                              run_dir)
+    result = os.path.join(run_dir, "linear_eval", "result.json")
+    if os.path.exists(result):
+        saved = run_directory.read_record(result, "probe result")
+        wanted = {"epochs": probe.linear_epochs, "learning_rate": probe.linear_learning_rate,
+                  "schedule": probe.eval_schedule, "batch_size": probe.eval_batch_size}
+        changed = [f"--{'linear_' if k in ('epochs', 'learning_rate') else 'eval_'}{k}: "
+                   f"{saved.get(k)!r} -> {v!r}" for k, v in wanted.items() if saved.get(k) != v]
+        if changed:
+            raise config.ConfigError(f"{result} was probed with other flags "
+                                     f"({'; '.join(changed)}); delete it or use a new "
+                                     "--model_dir")
+
+
+def trained_with(base: config.RunConfig, variants: dict[str, tuple]) -> str:
+    """The run-defining flags every run shares (those not at their default), then each
+    variant's own: what the table's numbers were trained with."""
+    defaults, ours = config.RunConfig().flat(), base.flat()
+    shared = [f"--{name}={_flag_text(ours[name])}" for name in config.RUN_DEFINING_FLAGS
+              if ours[name] != defaults[name] and name != "seed"]
+    own = [f"{key}: {' '.join(flags) or '(none)'}" for key, (_, _, flags) in variants.items()]
+    return ("Trained with (run-defining flags not at their default): "
+            + (" ".join(shared) or "(all defaults)") + ". Variants: " + "; ".join(own) + ".")
+
+
+def _flag_text(value) -> str:
+    return ",".join(value) if isinstance(value, list) else str(value).lower() \
+        if isinstance(value, bool) else str(value)
+
+
 def run_variant(flag_args: list[str], run_dir: str, variant_flags: list[str]) -> dict:
     """Train (or read) one run, probe (or read) it, return its table row."""
     saved_model = os.path.join(run_dir, "export", "saved_model")
@@ -202,10 +239,13 @@ def plan_line(variants: dict[str, tuple], listed: list[str], seeds: list[int],
 
 
 def run(flag_args: list[str], model_dir: str, plan: command_settings.CompareConfig,
-        default_seed: int = 0) -> dict[str, dict]:
+        default_seed: int = 0, base: config.RunConfig | None = None,
+        probe: command_settings.EvalConfig | None = None) -> dict[str, dict]:
     """Train (or read) every variant at every seed, probe (or read) each, print and write.
     flag_args: the flags every step gets (this command's own); default_seed: the one run per
-    variant when plan.seeds is empty."""
+    variant when plan.seeds is empty; base, probe: the settings flag_args stand for, which a
+    run or probe found on disk must have been made with (check_reused)."""
+    probe = probe or command_settings.EvalConfig()
     variants = parse_variants(list(plan.variants), list(plan.variant))
     try:
         seeds = [int(s) for s in plan.seeds]
@@ -218,6 +258,9 @@ def run(flag_args: list[str], model_dir: str, plan: command_settings.CompareConf
             run_dir = os.path.join(model_dir, key, f"seed{seed}") if seeds else \
                 os.path.join(model_dir, key)
             seed_flags = [f"--seed={seed}"] if seeds else []
+            if base is not None:
+                check_reused(run_dir, base.replace(**cli.parse_flag_args(
+                    [*variant_flags, *seed_flags])), probe)
             runs.setdefault(key, {})[seed] = run_variant(flag_args, run_dir,
                                                          [*variant_flags, *seed_flags])
     paired, lines = verdicts(variants, runs)
@@ -235,6 +278,8 @@ def run(flag_args: list[str], model_dir: str, plan: command_settings.CompareConf
                 + "\n".join(lines) + "\n\nRuns:\n\n" + format_table(rows) + "\n")
         summary = {"runs": {k: {str(s): row for s, row in r.items()} for k, r in runs.items()},
                    "summary": summaries, "paired": paired, "verdicts": lines}
+    if base is not None:
+        text += "\n" + trained_with(base, variants) + "\n"
     print(text, end="", flush=True)
     _write(model_dir, "compare.md", text)
     _write(model_dir, "compare.json", json.dumps(summary, indent=2))
@@ -244,10 +289,11 @@ def run(flag_args: list[str], model_dir: str, plan: command_settings.CompareConf
 def run_from_command_line() -> dict[str, dict]:
     """`run` with this process's own command-line flags, passed on to every step."""
     cfg = cli.run_config_from_flags()
-    cli.section_from_flags(command_settings.EvalConfig).validate()
+    probe = cli.section_from_flags(command_settings.EvalConfig).validate()
     os.makedirs(cfg.run.model_dir, exist_ok=True)
-    return run(sys.argv[1:], cfg.run.model_dir, cli.section_from_flags(command_settings.CompareConfig),
-               cfg.run.seed)
+    return run(sys.argv[1:], cfg.run.model_dir,
+               cli.section_from_flags(command_settings.CompareConfig), cfg.run.seed,
+               base=cfg, probe=probe)
 
 
 main = cli.main("ifnd_tf.compare", run_from_command_line, expected=(StepError,))

@@ -7,6 +7,7 @@ here reads a flag: build a config in Python (`RunConfig()`, `RunConfig.from_flat
 naming the flag. Checks that need the dataset (k larger than it, ...) are `validate_for_data`.
 """
 import dataclasses
+import os
 from typing import Any
 
 from ifnd_tf import clustering, confidence, losses
@@ -33,6 +34,14 @@ def setting(default: Any, help: str, *, choices: tuple = (), defines_run: bool =
         "multi": multi})
 
 
+def normalize_dataset(dataset: str) -> str:
+    """folder:<path> with the path normalised (no trailing slash, no ./ or //); other names as
+    they are."""
+    if dataset.startswith("folder:") and len(dataset) > len("folder:"):
+        return "folder:" + os.path.normpath(dataset[len("folder:"):])
+    return dataset
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -50,6 +59,10 @@ class DataConfig:
     verify_images: bool = setting(True, "Image folders: decode every file once at start-up and "
                                   "leave out unreadable ones.")
     strict_data: bool = setting(False, "Stop on an unreadable image instead of skipping it.")
+
+    def __post_init__(self):
+        # One folder, one name: folder:/data/x/ and folder:/data/x are the same run's data.
+        object.__setattr__(self, "dataset", normalize_dataset(self.dataset))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +140,10 @@ class DetectionConfig:
                                   "k-means (unit centroids, cosine assignment) from the same "
                                   "k-means++ seeds.", choices=clustering.BACKENDS,
                                   defines_run=True)
+    kmeans_device: str = setting("auto", "Where faiss runs k-means: auto = a GPU when the "
+                                 "installed faiss sees one (faiss-gpu-cu12 in place of "
+                                 "faiss-cpu), else the CPU; gpu = refuse to run without one.",
+                                 choices=clustering.DEVICES)
     kmeans_iterations: int = setting(20, "Lloyd iterations per k-means.", defines_run=True)
     kmeans_max_points_per_centroid: int = setting(256, "k-means is fitted on at most k times "
                                                   "this many samples.", defines_run=True)
@@ -174,7 +191,7 @@ class DetectionConfig:
         return clustering.KMeansSettings(self.num_clusters, self.kmeans_backend,
                                          self.kmeans_iterations,
                                          self.kmeans_max_points_per_centroid,
-                                         self.kmeans_threads or None)
+                                         self.kmeans_threads or None, self.kmeans_device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +344,8 @@ RUN_DEFINING_FLAGS = tuple(flag_name(f) for section in SECTIONS.values()
 def check_same_run(saved: dict, now: dict, model_dir: str) -> None:
     """Refuse to resume a run whose run-defining settings (flags.json) differ from `now`
     (both {flag name: value}, as RunConfig.flat gives them)."""
+    if isinstance(saved.get("dataset"), str):
+        saved = {**saved, "dataset": normalize_dataset(saved["dataset"])}
     changed = [f"--{name}: {saved[name]!r} -> {now[name]!r}" for name in RUN_DEFINING_FLAGS
                if name in saved and name in now and saved[name] != now[name]]
     _check(not changed, f"--model_dir={model_dir} holds a run with other flags "

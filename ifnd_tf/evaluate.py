@@ -46,11 +46,20 @@ def load_encoder(saved_model: str, image_size: int | None = None) -> keras.Model
     if not os.path.isdir(saved_model):
         raise config.ConfigError(f"--saved_model={saved_model}: no such directory (expected a "
                                  "run's export/saved_model)")
+    if not os.path.exists(os.path.join(saved_model, "saved_model.pb")):
+        raise config.ConfigError(f"--saved_model={saved_model}: not a SavedModel (no "
+                                 "saved_model.pb); expected a run's export/saved_model")
     path = os.path.join(export_dir_of(saved_model), "encoder.keras")
     if not os.path.exists(path):
         raise config.ConfigError(
             f"--saved_model={saved_model}: missing {path} (written by ifnd_tf.train's export)")
-    encoder = keras.models.load_model(path)
+    try:
+        encoder = keras.models.load_model(path)
+    except Exception as e:  # Keras raises many types for a damaged archive (zip, JSON, h5)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise config.ConfigError(f"--saved_model={saved_model}: {path} does not load "
+                                 f"({reason}); export again with ifnd_tf.train (its "
+                                 "checkpoints) or pass another run's export") from e
     trained_size = encoder.input.shape[1]
     if image_size is not None and trained_size != image_size:
         raise config.ConfigError(

@@ -63,14 +63,20 @@ def masked_logits_for_elimination(logits: tf.Tensor, fn_mask: tf.Tensor) -> tf.T
     return tf.where(drop, tf.constant(_MASKED_LOGIT, logits.dtype), logits)
 
 
-def contrastive_accuracy(logits: tf.Tensor) -> tf.Tensor:
-    """Fraction of anchors whose positive key (column 0) beats every other logit.
+# A positive must beat every other key by more than this cosine to count as found: a collapsed
+# encoder's keys differ by rounding and drift (~1e-5 .. 1e-4), which must not read as hits.
+TIE_COSINE = 1e-3
 
-    A tie is a miss: argmax of equal logits is column 0, so a collapsed encoder, whose logits
-    are all equal, would otherwise score 1.0.
+
+def contrastive_accuracy(logits: tf.Tensor, margin: float = 0.0) -> tf.Tensor:
+    """Fraction of anchors whose positive key (column 0) beats every other logit by more
+    than `margin` (in logits: TIE_COSINE / temperature in the step).
+
+    A tie or near-tie is a miss: a collapsed encoder, whose logits are all (nearly) equal,
+    would otherwise score 1.0.
     """
     best_other = tf.reduce_max(logits[:, 1:], axis=1)
-    return tf.reduce_mean(tf.cast(logits[:, 0] > best_other, tf.float32))
+    return tf.reduce_mean(tf.cast(logits[:, 0] > best_other + margin, tf.float32))
 
 
 def key_spread(keys: tf.Tensor) -> tf.Tensor:

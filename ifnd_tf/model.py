@@ -215,9 +215,10 @@ class MomentumContrast(keras_compat.NoSymbolicBuild, keras.Model):
     def _track(self, loss, logits, fn_mask, all_keys) -> dict:
         self.loss_tracker.update_state(loss)
         # acc: unmasked, comparable with a MoCo run's; acc_without_fn: detected FNs removed.
-        self.accuracy_tracker.update_state(losses.contrastive_accuracy(logits))
+        tie = losses.TIE_COSINE / self.settings.temperature
+        self.accuracy_tracker.update_state(losses.contrastive_accuracy(logits, tie))
         self.accuracy_without_fn_tracker.update_state(losses.contrastive_accuracy(
-            losses.masked_logits_for_elimination(logits, fn_mask)))
+            losses.masked_logits_for_elimination(logits, fn_mask), tie))
         self.masked_tracker.update_state(
             tf.reduce_mean(tf.reduce_sum(tf.cast(fn_mask, tf.float32), 1)))
         spread = losses.key_spread(all_keys)

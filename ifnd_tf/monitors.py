@@ -23,10 +23,14 @@ PCA_POINTS = 2000  # test examples drawn in the PCA picture: enough to see class
 def save_picture(png: bytes, path: str, writer: tf.summary.SummaryWriter | None, name: str,
                  step: int) -> None:
     """Write a PNG file and log the same picture as a TensorBoard image (given a writer)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(png)
-    os.replace(path + ".tmp", path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+            f.write(png)
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}; the checkpoints are intact "
+                          "(free space and run the same command to resume)") from e
     if writer is not None:
         with writer.as_default(step=step):
             tf.summary.image(name, tf.image.decode_png(png, channels=4)[None])

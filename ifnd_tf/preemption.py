@@ -27,7 +27,7 @@ from ifnd_tf import run_directory
 PREEMPTED_EXIT_CODE = 75
 
 
-def _os_reason(error: Exception) -> str:
+def os_reason(error: Exception) -> str:
     """The first line of a write error without TF's op decoration ({{function_node ..}}, [Op:..])."""
     line = str(error).strip().splitlines()[0]
     return re.sub(r"^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$", "", line)
@@ -36,9 +36,17 @@ def _os_reason(error: Exception) -> str:
 class Preempted(Exception):
     """A stop signal arrived; the state of `step` is checkpointed (not an error)."""
 
-    def __init__(self, signal_name: str, step: int, checkpoint: str | None):
-        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint "
-                         f"{checkpoint or '(none yet)'} written; run the same command to resume")
+    def __init__(self, signal_name: str, step: int, checkpoint: str | None, saved: bool = True,
+                 during: str | None = None):
+        if during:  # after training: the checkpoints are complete
+            where = f"{during} was finished first"
+        elif saved:
+            where = f"checkpoint {checkpoint} written"
+        else:  # saves held (the embedding looks collapsed): nothing of this step was written
+            where = (f"step {step} not saved (the embedding looked collapsed); newest checkpoint: "
+                     f"{checkpoint or 'none yet'}")
+        super().__init__(f"stopped by {signal_name} after step {step}; {where}; run the same "
+                         "command to resume")
         self.step = step
         self.checkpoint = checkpoint
 
@@ -192,8 +200,9 @@ class StepCheckpointer(keras.callbacks.Callback):
             # The state file still names the previous checkpoint; resume scans verify files.
             raise run_directory.RunDirError(
                 f"cannot write checkpoint {self.manager.directory}/ckpt-{self.step}: "
-                f"{_os_reason(e)}; the previous checkpoints are kept") from e
+                f"{os_reason(e)}; the previous checkpoints are kept") from e
 
     def _stop_if_requested(self) -> None:
         if self.stop.signal_name:
-            raise Preempted(self.stop.signal_name, self.step, self.manager.latest_checkpoint)
+            raise Preempted(self.stop.signal_name, self.step, self.manager.latest_checkpoint,
+                            saved=not self.hold())

@@ -82,10 +82,26 @@ def pretrain(cfg: RunConfig, encoder: keras.Model | None = None,
     fit(cfg, moco, source, strategy, steps, manager, position, run_dir)
     saved_model = None
     if cfg.run.export and distribute.is_chief(strategy):
-        saved_model = export.export_encoder(moco.encoder,
-                                            os.path.join(cfg.run.model_dir, "export"))
-        print(f"exported encoder to {saved_model}", flush=True)
+        saved_model = export_after_training(moco, cfg.run.model_dir, int(position.step.numpy()))
     return Pretrained(moco, saved_model, run_dir)
+
+
+def export_after_training(moco: model.MomentumContrast, model_dir: str, step: int) -> str:
+    """The export, with the run's guarantees: a stop signal during it ends the run as a
+    pre-emption (after the export, exit 75 from the command), and a write error is one line
+    that says the checkpoints are intact."""
+    export_dir = os.path.join(model_dir, "export")
+    with preemption.stop_on_signals() as stop:
+        try:
+            saved_model = export.export_encoder(moco.encoder, export_dir)
+        except (OSError, tf.errors.OpError) as e:
+            raise run_directory.RunDirError(
+                f"cannot write the export to {export_dir}: {preemption.os_reason(e)}; the "
+                "checkpoints are intact: free space and run the same command to export") from e
+    if stop.signal_name:
+        raise preemption.Preempted(stop.signal_name, step, None, during="the export")
+    print(f"exported encoder to {saved_model}", flush=True)
+    return saved_model
 
 
 def _in_scope(encoder) -> keras.Model | None:
@@ -166,12 +182,12 @@ def run_record(cfg: RunConfig, encoder, detector) -> dict:
 
 
 def write_record(run_dir: str, cfg: RunConfig, record: dict) -> None:
-    """flags.json of the run; a run directory that already holds a run must match it."""
+    """flags.json of the run; a run directory that already holds a run must match it (and
+    must still have it: a deleted record would turn the resume check off)."""
     path = os.path.join(run_dir, "flags.json")
-    if os.path.exists(path) and run_directory.holds_checkpoints(
-            os.path.join(run_dir, "checkpoints")):
-        with open(path) as f:
-            config.check_same_run(json.load(f), record, cfg.run.model_dir)
+    if run_directory.holds_checkpoints(os.path.join(run_dir, "checkpoints")):
+        config.check_same_run(run_directory.read_record(path, "flags"), record,
+                              cfg.run.model_dir)
     with open(path + ".tmp", "w") as f:
         json.dump(record, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)

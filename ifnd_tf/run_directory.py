@@ -197,15 +197,33 @@ def restore_newest(checkpoint: tf.train.Checkpoint, checkpoint_dir: str, may_mov
     return prefix
 
 
+def read_record(path: str, what: str) -> dict:
+    """A run's JSON record (flags.json, dataset.json) that its checkpoints were made with:
+    missing or unreadable, the run refuses to go on (one line) rather than skip its check."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is missing but the run has checkpoints: without the {what} "
+                          "they were made with, a resume cannot be checked; restore the file "
+                          "or use a new --model_dir") from None
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"{path} is damaged ({str(e).splitlines()[0]}); the checkpoints are "
+                          "intact: restore the file or use a new --model_dir") from e
+    if not isinstance(record, dict):
+        raise RunDirError(f"{path} is damaged (not a JSON object); the checkpoints are intact: "
+                          "restore the file or use a new --model_dir")
+    return record
+
+
 def check_dataset(directory: str, dataset: str, current: dict | None) -> None:
     """Record the training set's fingerprint in directory/dataset.json; once the directory
     holds checkpoints, refuse (RunDirError, saying what changed) to go on with other data."""
     if current is None:
         return
     path = os.path.join(directory, DATASET_FILE)
-    if os.path.exists(path) and holds_checkpoints(os.path.join(directory, "checkpoints")):
-        with open(path) as f:
-            change = fingerprint.describe_change(json.load(f), current)
+    if holds_checkpoints(os.path.join(directory, "checkpoints")):
+        change = fingerprint.describe_change(read_record(path, "data fingerprint"), current)
         if change:
             raise RunDirError(f"--dataset={dataset} is not the data this run was trained on "
                               f"({change}; recorded in {path}): put the data back, or use a "

@@ -6,7 +6,7 @@ setting, also for a Python user: the names are the same). Plain functions of the
 import json
 import os
 
-from ifnd_tf import encoders, losses
+from ifnd_tf import encoders, kmeans, losses
 from ifnd_tf.config import CLUSTERS, QUANTILE
 from ifnd_tf.errors import ConfigError
 
@@ -83,6 +83,10 @@ def detection(d, s) -> None:
     check(d.fn_min_levels == 1 or d.fn_detector == CLUSTERS,
            f"--fn_min_levels={d.fn_min_levels} is a vote over cluster levels; it needs "
            "--fn_detector=clusters")
+    if d.ifnd and d.fn_detector == CLUSTERS and not d.fn_oracle:
+        kmeans.faiss_uses_gpu(d.kmeans_device, d.kmeans_backend)  # a GPU asked for and absent
+        for k in d.num_clusters:
+            kmeans.check_backend_k(d.kmeans_backend, k)
     if d.ifnd:
         levels = len(d.num_clusters)
         check(1 <= d.fn_min_levels <= levels,

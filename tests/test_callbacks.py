@@ -75,3 +75,14 @@ def test_writer_lock_check_stops_before_the_epoch_is_logged(tmp_path):
     (tmp_path / "lock").unlink()
     with pytest.raises(callbacks.RunDirError, match=f"^{tmp_path}/lock was removed"):
         check.on_epoch_end(1)
+
+
+@pytest.mark.parametrize("text", ["epoch,loss\nx,1.0\n", "loss\n1.0\n", "epoch,loss\n0,1\n\x00\"\n"])
+def test_a_damaged_metrics_csv_is_one_line_naming_it(tmp_path, text):
+    path = tmp_path / "metrics.csv"
+    path.write_text(text)
+    for read in (lambda: callbacks.read_metrics(str(path)),
+                 lambda: callbacks.MetricsCsv(str(path), completed_epochs=1)):
+        with pytest.raises(callbacks.RunDirError,
+                           match=f"^{path} is damaged \\(.*\\); the checkpoints are intact"):
+            read()

@@ -30,3 +30,18 @@ def test_healthy_steps_clear_the_hold(tmp_path):
     assert watch.collapsing
     watch.on_train_batch_end(0, {"key_spread": 0.5})
     assert not watch.collapsing
+
+
+def test_training_that_ends_while_collapsing_fails_however_short_the_streak(tmp_path):
+    """A run shorter than --collapse_steps, or collapsing in its last steps, must not end as
+    a success (and export the collapsed encoder)."""
+    watch = _watch(tmp_path, patience=50)
+    for spread in (0.5, 0.01, 0.02):
+        watch.on_train_batch_end(0, {"key_spread": spread})
+    with pytest.raises(collapse.CollapseError) as error:
+        watch.on_train_end()
+    assert str(error.value).startswith("training ended with the embedding collapsed: key spread "
+                                       "0.02 < 0.05 for 2 steps in a row (steps 7-8, ")
+    assert f"last good checkpoint kept: {tmp_path}/ckpt-7 " in str(error.value)
+    watch.on_train_batch_end(0, {"key_spread": 0.5})  # recovered: ends normally
+    watch.on_train_end()

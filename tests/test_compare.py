@@ -148,3 +148,31 @@ def test_seeds_and_oracle_variant_grow_one_table(tmp_path):
     assert f"oracle − MoCo kNN: {100 * paired['mean']:+.1f} ± " in second.stdout
     assert result["summary"]["moco"]["knn_top1"]["n"] == 2
     assert (tmp_path / "compare.md").read_text().startswith("| variant | seeds |")
+
+
+def test_a_run_or_probe_made_with_other_flags_is_refused_not_reused(tmp_path):
+    from ifnd_tf import command_settings
+
+    (tmp_path / "flags.json").write_text(json.dumps(config.RunConfig().flat()))
+    probe = command_settings.EvalConfig(linear_epochs=10)
+    compare.check_reused(str(tmp_path), config.RunConfig(), probe)  # the same: read, not refused
+    with pytest.raises(config.ConfigError,
+                       match=rf"^--model_dir={tmp_path} holds a run with other flags "
+                             r"\(--learning_rate: 0.03 -> 0.05\)"):
+        compare.check_reused(str(tmp_path), config.RunConfig().replace(learning_rate=0.05), probe)
+    (tmp_path / "linear_eval").mkdir()
+    (tmp_path / "linear_eval" / "result.json").write_text(json.dumps(
+        {"epochs": 10, "learning_rate": 0.1, "schedule": "cosine", "batch_size": 256}))
+    compare.check_reused(str(tmp_path), config.RunConfig(), probe)
+    with pytest.raises(config.ConfigError, match=r"result.json was probed with other flags "
+                                                 r"\(--linear_epochs: 10 -> 100\)"):
+        compare.check_reused(str(tmp_path), config.RunConfig(),
+                             command_settings.EvalConfig(linear_epochs=100))
+
+
+def test_the_table_says_what_its_runs_were_trained_with():
+    base = config.RunConfig().replace(learning_rate=0.06, num_clusters=(5, 7), seed=3)
+    line = compare.trained_with(base, compare.parse_variants(["moco", "ifnd"], []))
+    assert line == ("Trained with (run-defining flags not at their default): "
+                    "--learning_rate=0.06 --num_clusters=5,7. "
+                    "Variants: moco: --ifnd=false; ifnd: --ifnd=true.")

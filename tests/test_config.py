@@ -194,3 +194,22 @@ def test_eval_settings_are_checked():
     with pytest.raises(config.ConfigError, match="one value per --finetune_fractions"):
         command_settings.EvalConfig(finetune_fractions=("0.1",), finetune_epochs=("1", "2")).validate()
     assert command_settings.EvalConfig().finetune_plan() == [(0.01, 60), (0.1, 30)]
+
+
+def test_a_folder_with_or_without_its_trailing_slash_is_the_same_run():
+    cfg = config.RunConfig().replace(dataset="folder:/data/x/")
+    assert cfg.data.dataset == "folder:/data/x"
+    assert config.DataConfig(dataset="folder:/data/./x//").dataset == "folder:/data/x"
+    saved = config.RunConfig().replace(dataset="folder:/data/x").flat()
+    saved["dataset"] = "folder:/data/x/"  # a flags.json written before paths were normalised
+    config.check_same_run(saved, cfg.flat(), "/r")
+
+
+def test_a_gpu_for_kmeans_that_is_not_there_is_refused_before_the_run():
+    _validate(kmeans_device="auto")  # this machine: faiss-cpu, so the CPU
+    with pytest.raises(config.ConfigError, match="^--kmeans_device=gpu: the installed faiss has "
+                                                 "no GPU support"):
+        _validate(kmeans_device="gpu")
+    with pytest.raises(config.ConfigError, match="^--kmeans_device=gpu places faiss only"):
+        _validate(kmeans_device="gpu", kmeans_backend="tf")
+    assert config.RunConfig().detection.kmeans().device == "auto"

@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -41,8 +43,19 @@ def test_load_encoder_reads_the_keras_file_next_to_the_saved_model(tmp_path):
     elsewhere = tmp_path / "elsewhere" / "saved_model"
     with pytest.raises(config.ConfigError, match=f"^--saved_model={elsewhere}: no such directory"):
         evaluate.load_encoder(str(elsewhere))  # not the encoder.keras of another path
-    elsewhere.mkdir(parents=True)
+    elsewhere.mkdir(parents=True)  # a folder beside an encoder.keras is not a SavedModel
+    (tmp_path / "elsewhere" / "encoder.keras").write_bytes(
+        (tmp_path / "export" / "encoder.keras").read_bytes())
+    with pytest.raises(config.ConfigError, match=f"^--saved_model={elsewhere}: not a SavedModel "
+                                                 r"\(no saved_model.pb\)"):
+        evaluate.load_encoder(str(elsewhere))
+    shutil.rmtree(elsewhere.parent)
+    shutil.copytree(saved_model, elsewhere)
     with pytest.raises(config.ConfigError, match="--saved_model=.*missing .*encoder.keras"):
+        evaluate.load_encoder(str(elsewhere))
+    (tmp_path / "elsewhere" / "encoder.keras").write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(config.ConfigError, match=r"encoder.keras does not load \(.*\); export "
+                                                 "again with ifnd_tf.train"):
         evaluate.load_encoder(str(elsewhere))
     with pytest.raises(config.ConfigError) as error:
         evaluate.load_encoder(saved_model, image_size=28)

@@ -76,6 +76,14 @@ def test_accuracy_counts_ties_as_misses():
     assert losses.contrastive_accuracy(logits).numpy() == pytest.approx(0.5)
 
 
+def test_accuracy_counts_near_ties_within_the_margin_as_misses():
+    """A collapsed encoder's positive wins by rounding and drift only: no hit."""
+    near = tf.constant([[5.0, 5.0 - 2e-4, 4.0], [5.0, 4.9, 4.0]])  # logits at T = 0.2
+    tie = losses.TIE_COSINE / 0.2
+    assert losses.contrastive_accuracy(near).numpy() == 1.0
+    assert losses.contrastive_accuracy(near, tie).numpy() == pytest.approx(0.5)
+
+
 def test_key_spread_is_zero_for_identical_keys_and_one_for_opposite_pairs():
     same = tf.math.l2_normalize(tf.tile([[1.0, 2.0, 3.0]], [8, 1]), axis=1)
     assert losses.key_spread(same).numpy() == pytest.approx(0.0, abs=1e-3)

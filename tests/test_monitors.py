@@ -65,3 +65,13 @@ def test_diagnostics_plotter_draws_the_csv_to_png_and_tensorboard(tmp_path):
     assert "diagnostics/curves" in event_tags(tmp_path / "logs")
     np.testing.assert_array_equal(
         tf.image.decode_png(png).shape[:2], [700, 1000])
+
+
+def test_a_picture_that_cannot_be_written_names_the_file(tmp_path):
+    """A full disk (or any write error) at a diagnostics PNG: which file, and that the
+    checkpoints are intact, not a bare [Errno 28]."""
+    (tmp_path / "diagnostics").write_text("a file where the folder goes")
+    path = tmp_path / "diagnostics" / "curves.png"
+    with pytest.raises(monitors.RunDirError, match=f"^cannot write {path}: .*; the checkpoints "
+                                                   "are intact"):
+        monitors.save_picture(b"png", str(path), None, "diagnostics/curves", 0)

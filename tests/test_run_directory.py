@@ -187,3 +187,23 @@ def test_dataset_check_refuses_other_data_only_once_checkpointed(tmp_path):
     assert str(error.value) == (
         "--dataset=digits is not the data this run was trained on (11 -> 10 examples; recorded "
         f"in {tmp_path}/dataset.json): put the data back, or use a new --model_dir")
+
+
+@pytest.mark.parametrize("damage", ["missing", "not json", "not an object"])
+def test_a_lost_or_damaged_record_refuses_the_resume_in_one_line(tmp_path, damage):
+    """Deleting dataset.json (or flags.json, read the same way) must not switch its check off
+    once the run has checkpoints; a damaged one is a line, not a traceback."""
+    record = {"examples": 10, "kind": "arrays", "sha256": "a"}
+    run_directory.check_dataset(str(tmp_path), "digits", record)
+    _saved_run(tmp_path / "checkpoints", count=1)
+    path = tmp_path / "dataset.json"
+    if damage == "missing":
+        path.unlink()
+        message = (f"^{path} is missing but the run has checkpoints: without the data "
+                   "fingerprint they were made with, a resume cannot be checked; ")
+    else:
+        path.write_text("{\"examples\": 1" if damage == "not json" else "[1, 2]")
+        message = f"^{path} is damaged \\(.*\\); the checkpoints are intact: restore the file"
+    with pytest.raises(run_directory.RunDirError, match=message):
+        run_directory.check_dataset(str(tmp_path), "digits", {**record, "sha256": "b"})
+    assert os.listdir(tmp_path / "checkpoints")  # nothing lost

@@ -31,6 +31,11 @@ class LabelTable(FalseNegativeDetector):
         self.pseudo_labels = self.add_weight(
             shape=(len(self.levels), num_examples), initializer=keras.initializers.Constant(-1),
             dtype="int32", trainable=False, aggregation=FIRST_REPLICA, name="pseudo_labels")
+        # The last refresh's own numbers [clustering_seconds, shared_pass (-1: none)]: a
+        # resumed epoch logs what the epoch it resumes measured, not a 0.
+        self.last_refresh = self.add_weight(
+            shape=(2,), initializer=keras.initializers.Constant([0.0, -1.0]), trainable=False,
+            aggregation=FIRST_REPLICA, name="last_refresh")
 
     def mask(self, anchor_ids, queue_ids, similarities):
         return false_negative_mask(tf.gather(self.pseudo_labels, anchor_ids, axis=1),
@@ -56,11 +61,16 @@ class LabelTable(FalseNegativeDetector):
         logs, details = self._prefix_logs(), {}
         if inputs.resumed:  # the table the interrupted epoch trained with
             labels = self.pseudo_labels.numpy() if alpha > 0 else None
+            if labels is not None:
+                seconds, shared = (float(v) for v in self.last_refresh.numpy())
+                logs.update({"shared_pass": shared} if shared >= 0 else {})
+                logs["clustering_seconds"] = seconds
         elif alpha > 0:
             start = time.perf_counter()
             labels = self.make_labels(epoch, alpha, inputs, logs, details)
             self.set_pseudo_labels(labels)
             logs["clustering_seconds"] = time.perf_counter() - start
+            self.last_refresh.assign([logs["clustering_seconds"], logs.get("shared_pass", -1.0)])
         else:
             self.clear_pseudo_labels()
             labels = None
