@@ -112,6 +112,8 @@ def read_metrics(path: str) -> list[dict[str, float]]:
         with open(path) as f:
             rows = list(csv.DictReader(f))
         return _history(path, rows)
+    except RunDirError:
+        raise
     except (KeyError, TypeError, ValueError, csv.Error) as e:
         raise damaged(path, e, "move it aside") from e
 

@@ -68,15 +68,22 @@ def masked_logits_for_elimination(logits: tf.Tensor, fn_mask: tf.Tensor) -> tf.T
 TIE_COSINE = 1e-3
 
 
-def contrastive_accuracy(logits: tf.Tensor, margin: float = 0.0) -> tf.Tensor:
-    """Fraction of anchors whose positive key (column 0) beats every other logit by more
+def contrastive_accuracy(logits: tf.Tensor, margin: float = 0.0,
+                         valid: tf.Tensor | None = None) -> tf.Tensor:
+    """Fraction of anchors whose positive key (column 0) beats every other valid logit by more
     than `margin` (in logits: TIE_COSINE / temperature in the step).
 
     A tie or near-tie is a miss: a collapsed encoder, whose logits are all (nearly) equal,
-    would otherwise score 1.0.
+    would otherwise score 1.0. `valid` (bool [queue]) leaves out the queue's random start rows,
+    which are no keys: a collapsed positive beats them easily. With no valid entry, a miss.
     """
-    best_other = tf.reduce_max(logits[:, 1:], axis=1)
-    return tf.reduce_mean(tf.cast(logits[:, 0] > best_other + margin, tf.float32))
+    others = logits[:, 1:]
+    if valid is not None:
+        others = tf.where(valid[None, :], others, others.dtype.min)
+    found = logits[:, 0] > tf.reduce_max(others, axis=1) + margin
+    if valid is not None:
+        found = tf.logical_and(found, tf.reduce_any(valid))
+    return tf.reduce_mean(tf.cast(found, tf.float32))
 
 
 def key_spread(keys: tf.Tensor) -> tf.Tensor:

@@ -210,15 +210,15 @@ class MomentumContrast(keras_compat.NoSymbolicBuild, keras.Model):
         self.enqueue(all_keys, ids)
         if self.detector is not None:
             self.detector.observe(all_keys, ids)
-        return self._track(loss, logits, fn_mask, all_keys)
+        return self._track(loss, logits, fn_mask, all_keys, queue_ids)
 
-    def _track(self, loss, logits, fn_mask, all_keys) -> dict:
+    def _track(self, loss, logits, fn_mask, all_keys, queue_ids) -> dict:
         self.loss_tracker.update_state(loss)
         # acc: unmasked, comparable with a MoCo run's; acc_without_fn: detected FNs removed.
-        tie = losses.TIE_COSINE / self.settings.temperature
-        self.accuracy_tracker.update_state(losses.contrastive_accuracy(logits, tie))
+        tie, valid = losses.TIE_COSINE / self.settings.temperature, queue_ids >= 0
+        self.accuracy_tracker.update_state(losses.contrastive_accuracy(logits, tie, valid))
         self.accuracy_without_fn_tracker.update_state(losses.contrastive_accuracy(
-            losses.masked_logits_for_elimination(logits, fn_mask), tie))
+            losses.masked_logits_for_elimination(logits, fn_mask), tie, valid))
         self.masked_tracker.update_state(
             tf.reduce_mean(tf.reduce_sum(tf.cast(fn_mask, tf.float32), 1)))
         spread = losses.key_spread(all_keys)

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT, run_smoke
 
-from ifnd_tf import encoders, export, model
+from ifnd_tf import encoders, model
 from ifnd_tf.config import MoCoConfig
 from ifnd_tf.errors import ConfigError
 
@@ -108,7 +108,8 @@ def test_keras_application_trains_resumes_and_exports_from_the_command_line(tmp_
 @pytest.mark.e2e
 def test_keras_resnet50_by_name_trains_and_exports(tmp_path):
     result = run_smoke("ifnd_tf.train", tmp_path, *TINY, "--backbone=keras.applications.ResNet50",
-                       "--epochs=2", "--steps_per_epoch=2", "--num_clusters=10")
+                       "--epochs=1", "--warmup_epochs=0", "--steps_per_epoch=2",
+                       "--num_clusters=10")
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
     assert loaded.features(tf.zeros([1, 32, 32, 3])).shape == (1, 2048)
@@ -120,18 +121,6 @@ def test_unknown_application_names_the_flag(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "ifnd_tf.train: error: --backbone=keras.applications.NoSuchNet: keras.applications has "
         "no 'NoSuchNet' (e.g. keras.applications.ResNet50, keras.applications.MobileNetV3Small)")
-
-
-def test_export_of_a_user_encoder_round_trips(tmp_path, one_replica):
-    with one_replica.scope():
-        encoder = encoders.with_head(encoders.keras_application(
-            "keras.applications.MobileNetV3Small", 32), 16)
-    saved = export.export_encoder(encoder, str(tmp_path / "export"))
-    images = tf.random.uniform([2, 32, 32, 3], seed=3)
-    loaded = tf.saved_model.load(saved)  # held: its functions need its variables
-    np.testing.assert_allclose(loaded.serve(images).numpy(),
-                               encoder(images, training=False)["embedding"].numpy(),
-                               rtol=1e-4, atol=1e-5)
 
 
 PRETRAIN_SCRIPT = """
@@ -152,7 +141,7 @@ print("saved", result.saved_model, result.model.encoder.output["features"].shape
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("name, features", [("MobileNetV3Small", 576), ("ResNet50", 2048)])
+@pytest.mark.parametrize("name, features", [("ResNet50", 2048)])  # MobileNet: the flag, above
 def test_keras_application_trains_resumes_and_exports_from_python(tmp_path, name, features):
     """pretrain(config, encoder=<a keras.applications net>): SIGTERM after the first step's
     checkpoint (Preempted), then the same call resumes there, finishes and exports."""

@@ -101,3 +101,13 @@ def test_weight_decay_loss_has_gradient_decay_times_weight():
     grads = tape.gradient(value, weights)
     np.testing.assert_allclose(grads[0].numpy(), [[0.1, -0.2]])
     np.testing.assert_allclose(grads[1].numpy(), [0.3])
+
+
+def test_accuracy_leaves_out_the_queues_random_start_rows():
+    """A collapsed query beats random unit rows easily: those are no keys, no hits."""
+    logits = tf.constant([[5.0, 5.0, 1.0, -2.0], [5.0, 3.0, 4.9, 4.0]])
+    valid = tf.constant([True, False, False])
+    assert losses.contrastive_accuracy(logits).numpy() == pytest.approx(0.5)
+    assert losses.contrastive_accuracy(logits, valid=valid).numpy() == pytest.approx(0.5)
+    assert losses.contrastive_accuracy(logits[1:], valid=valid).numpy() == 1.0
+    assert losses.contrastive_accuracy(logits, valid=tf.zeros([3], tf.bool)).numpy() == 0.0
