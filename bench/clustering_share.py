@@ -155,7 +155,7 @@ def main() -> None:
     timed_parts = {f"fit {f}": fit for f, (fit, _) in runners.items()}
     embed, fraction, embeddings = embed_runner(models[config.CENTER_VIEW], source,
                                                args.embed_batch, image_size, subset, strategy)
-    table = models[config.TRAIN_KEYS].train_keys
+    table = models[config.TRAIN_KEYS].detector.train_keys
     timed_parts |= {"embed": embed, "read train_keys": table.numpy}
     # Training and the embedding pass alternate, so load from other work hits both alike.
     timed = common.alternate(timed_parts, args.rounds)

@@ -81,8 +81,9 @@ def step_runner(moco, batch, strategy: tf.distribute.Strategy) -> Callable[[int]
 def fill_pseudo_labels(moco, ks: Sequence[int], seed: int = 0) -> None:
     """Every example labelled at every level (alpha = 1): the largest realistic mask."""
     rng = np.random.default_rng(seed)
-    levels, n = moco.pseudo_labels.shape
-    moco.set_pseudo_labels(np.stack([rng.integers(0, ks[i], n) for i in range(levels)]))
+    levels, n = moco.detector.pseudo_labels.shape
+    moco.detector.set_pseudo_labels(np.stack([rng.integers(0, ks[i], n)
+                                              for i in range(levels)]))
 
 
 def alternate(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:

@@ -72,7 +72,7 @@ def _runners(kind: str, backbone: str, batch: int, steps: int, strategy, pairs: 
             return run(steps)
         return timed
 
-    return {"IFND off (empty mask)": with_labels(lambda m: m.clear_pseudo_labels()),
+    return {"IFND off (empty mask)": with_labels(lambda m: m.detector.clear_pseudo_labels()),
             "IFND on (full mask)": with_labels(lambda m: common.fill_pseudo_labels(m, KS))}
 
 

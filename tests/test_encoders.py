@@ -105,14 +105,19 @@ def test_keras_application_trains_resumes_and_exports_from_the_command_line(tmp_
     assert (tmp_path / "flags.json").read_text().count("keras.applications.MobileNetV3Small")
 
 
-@pytest.mark.e2e
-def test_keras_resnet50_by_name_trains_and_exports(tmp_path):
-    result = run_smoke("ifnd_tf.train", tmp_path, *TINY, "--backbone=keras.applications.ResNet50",
-                       "--epochs=1", "--warmup_epochs=0", "--steps_per_epoch=2",
-                       "--num_clusters=10")
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
-    assert loaded.features(tf.zeros([1, 32, 32, 3])).shape == (1, 2048)
+def test_keras_resnet50_by_name_builds_both_encoders(one_replica):
+    """--backbone=keras.applications.ResNet50 (the flag's value, as the config holds it):
+    the query encoder and its shuffle-BN key copy (the ResNet-50 run itself: the Python test
+    below, which also resumes and exports)."""
+    from ifnd_tf import builder, config
+
+    cfg = config.RunConfig().replace(backbone="keras.applications.ResNet50", image_size=32,
+                                     batch_size=16, queue_size=64, key_bn_splits=2)
+    with one_replica.scope():
+        query, key = builder.build_encoders(cfg.validate())
+    assert query.output["features"].shape[-1] == 2048
+    assert len(_batch_norms(key, encoders.GroupedBatchNormalization)) == \
+        len(_batch_norms(query)) == 53
 
 
 def test_unknown_application_names_the_flag(tmp_path):
