@@ -178,11 +178,6 @@ class DetectionConfig:
                                  "anchor at alpha = 1.", defines_run=True)
     embed_batch_size: int = setting(1024, "Batch size of the clustering embedding pass.")
 
-    @property
-    def detects_by_clusters(self) -> bool:
-        """IFND with the cluster-label detector: a clustering pass and a pseudo-label table."""
-        return self.ifnd and self.fn_detector == CLUSTERS and not self.fn_oracle
-
     def acceptance_schedule(self, epochs: int) -> clustering.AcceptanceSchedule:
         return clustering.AcceptanceSchedule(epochs, self.warmup_epochs, self.alpha_start,
                                              self.alpha_end, self.alpha_shape)
