@@ -88,3 +88,18 @@ def test_a_run_whose_lock_file_was_removed_stops_before_the_next_save(tmp_path):
     with pytest.raises(run_directory.RunDirError, match=f"^{tmp_path}/lock was removed"):
         saver.on_epoch_end(1)
     assert _saved(tmp_path) == [0]  # the checkpoint written before is kept
+
+
+def test_a_stop_while_saves_are_held_says_the_step_was_not_saved(tmp_path):
+    """The embedding looks collapsed, so nothing is written: the line must not say it was."""
+    held = [False]
+    saver, stop, _, _ = _checkpointer(tmp_path, every_steps=1, hold=lambda: held[0])
+    saver.on_train_batch_end(0)  # step 1 saved
+    held[0] = True
+    stop.signal_name = "SIGTERM"
+    with pytest.raises(preemption.Preempted) as error:
+        saver.on_train_batch_end(1)
+    assert str(error.value) == ("stopped by SIGTERM after step 2; step 2 not saved (the "
+                                "embedding looked collapsed); newest checkpoint: "
+                                f"{tmp_path}/ckpt-1; run the same command to resume")
+    assert _saved(tmp_path) == [1]
