@@ -74,16 +74,17 @@ def make_detector(cfg: RunConfig, labelled: bool) -> detectors.FalseNegativeDete
                                    d.fn_min_levels, d.cluster_features, cfg.run.seed)
 
 
-def build_encoders(cfg: RunConfig) -> tuple[keras.Model, keras.Model]:
-    """Query and key encoder of the named backbone (call in scope); ours are built twice (the
-    key's BatchNorm grouped for shuffle-BN), a keras.applications one is copied."""
+def build_encoders(cfg: RunConfig) -> tuple[keras.Model, keras.Model | None]:
+    """Query and key encoder of the named backbone (call in scope). Ours are built twice (the
+    key's BatchNorm grouped for shuffle-BN); for a keras.applications net the key is None:
+    MomentumContrast copies the query encoder (encoders.key_encoder_for)."""
     e = cfg.encoder
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     key_groups = encoders.key_bn_groups(cfg.moco.key_bn_splits, replicas)
     query = encoders.build_encoder(e.backbone, cfg.data.image_size, e.width_multiplier,
                                    e.embedding_dim, e.sync_bn)
     if e.backbone not in encoders.BACKBONES:
-        return query, encoders.key_encoder_for(query, key_groups)
+        return query, None
     return query, encoders.build_encoder(e.backbone, cfg.data.image_size, e.width_multiplier,
                                          e.embedding_dim, e.sync_bn, bn_groups=key_groups)
 
@@ -168,7 +169,7 @@ def make_callbacks(cfg: RunConfig, moco: model.MomentumContrast, source: sources
     knn_on = bool(cfg.monitor.knn_every) and source.labels is not None
     subset = data.fixed_subset(source.num_examples, cfg.monitor.knn_max_train,
                                cfg.run.seed) if knn_on else None
-    query_pass = _query_pass(cfg, moco, source, train_views) if knn_on and subset is None \
+    query_pass = _query_pass(moco, source, train_views) if knn_on and subset is None \
         else None
     refresh = [] if moco.detector is None else [pseudo_labels.PseudoLabelCallback(
         cfg.acceptance_schedule(), train_views, true_labels=source.labels,
@@ -205,13 +206,13 @@ def _guards(cfg: RunConfig, parts: RunParts) -> tuple[list, collapse.StopOnColla
     return guards, watch
 
 
-def _query_pass(cfg: RunConfig, moco: model.MomentumContrast, source: sources.Source,
+def _query_pass(moco: model.MomentumContrast, source: sources.Source,
                 train_views: tf.data.Dataset) -> embedding.SharedPass | None:
-    """The kNN monitor's query-encoder pass, its embeddings kept for the next clustering
-    (--cluster_features=query_view): one pass of the training set per epoch instead of two."""
-    d = cfg.detection
-    if not (d.ifnd and d.fn_detector == config.CLUSTERS
-            and d.cluster_features == config.QUERY_VIEW):
+    """The kNN monitor's query-encoder pass, its embeddings kept for the next clustering of a
+    detector that clusters the query view: one pass of the training set per epoch, not two."""
+    detector = moco.detector
+    if not (isinstance(detector, detectors.ClusterLabels)
+            and detector.features == config.QUERY_VIEW):
         return None
     return embedding.SharedPass(
         embedding.DatasetEmbedder(moco.encoder, moco.distribute_strategy, train_views,

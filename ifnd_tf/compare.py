@@ -169,10 +169,12 @@ def check_reused(run_dir: str, expected: config.RunConfig,
     result = os.path.join(run_dir, "linear_eval", "result.json")
     if os.path.exists(result):
         saved = run_directory.read_record(result, "probe result")
-        wanted = {"epochs": probe.linear_epochs, "learning_rate": probe.linear_learning_rate,
-                  "schedule": probe.eval_schedule, "batch_size": probe.eval_batch_size}
-        changed = [f"--{'linear_' if k in ('epochs', 'learning_rate') else 'eval_'}{k}: "
-                   f"{saved.get(k)!r} -> {v!r}" for k, v in wanted.items() if saved.get(k) != v]
+        wanted = {"linear_epochs": ("epochs", probe.linear_epochs),
+                  "linear_learning_rate": ("learning_rate", probe.linear_learning_rate),
+                  "eval_schedule": ("schedule", probe.eval_schedule),
+                  "eval_batch_size": ("batch_size", probe.eval_batch_size)}
+        changed = [f"--{flag}: {saved.get(key)!r} -> {value!r}"
+                   for flag, (key, value) in wanted.items() if saved.get(key) != value]
         if changed:
             raise config.ConfigError(f"{result} was probed with other flags "
                                      f"({'; '.join(changed)}); delete it or use a new "

@@ -115,8 +115,10 @@ def test_keras_resnet50_by_name_builds_both_encoders(one_replica):
                                      batch_size=16, queue_size=64, key_bn_splits=2)
     with one_replica.scope():
         query, key = builder.build_encoders(cfg.validate())
+        assert key is None  # the model copies it
+        moco = model.MomentumContrast(query, 64, moco=cfg.moco, key_encoder=key)
     assert query.output["features"].shape[-1] == 2048
-    assert len(_batch_norms(key, encoders.GroupedBatchNormalization)) == \
+    assert len(_batch_norms(moco.key_encoder, encoders.GroupedBatchNormalization)) == \
         len(_batch_norms(query)) == 53
 
 
