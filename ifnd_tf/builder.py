@@ -68,10 +68,20 @@ def make_detector(cfg: RunConfig, labelled: bool) -> detectors.FalseNegativeDete
         return None
     if d.fn_detector == config.QUANTILE:
         return detectors.NearestFraction(d.fn_quantile, count_true_labels=labelled)
+    if d.fn_detector == config.TOP_K:
+        top_k = d.fn_top_k or max(1, round(d.fn_quantile * cfg.moco.queue_size))
+        return detectors.TopKThreshold(top_k, d.fn_threshold, count_true_labels=labelled)
+    if d.fn_detector == config.LEARNED_THRESHOLD:
+        return detectors.LearnedThreshold(d.fn_quantile, d.fn_threshold_lr,
+                                          count_true_labels=labelled)
     if d.fn_oracle:
         return detectors.OracleLabels(d.num_clusters, d.fn_oracle_fraction, cfg.run.seed)
-    return detectors.ClusterLabels(d.kmeans(), d.fn_confidence, d.fn_neighbours_k,
-                                   d.fn_min_levels, d.cluster_features, cfg.run.seed)
+    clusters = (d.kmeans(), d.fn_confidence, d.fn_neighbours_k, d.fn_min_levels,
+                d.cluster_features, cfg.run.seed)
+    if d.fn_detector == config.SOFT_DROP:
+        return detectors.SoftClusterDrop(*clusters, temperature=d.fn_drop_temperature,
+                                         count_true_labels=labelled)
+    return detectors.ClusterLabels(*clusters)
 
 
 def build_encoders(cfg: RunConfig) -> tuple[keras.Model, keras.Model | None]:

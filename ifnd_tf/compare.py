@@ -35,7 +35,16 @@ from ifnd_tf import callbacks, cli, command_settings, config, run_directory
 # key: (table name, short name in verdicts, flags). The reference of the paired differences.
 BUILTIN_VARIANTS = {"moco": ("MoCo v2", "MoCo", ["--ifnd=false"]),
                     "ifnd": ("MoCo v2 + IFND", "IFND", ["--ifnd=true"]),
-                    "oracle": ("oracle (true labels)", "oracle", ["--ifnd=true", "--fn_oracle=true"])}
+                    "oracle": ("oracle (true labels)", "oracle", ["--ifnd=true", "--fn_oracle=true"]),
+                    # The false-negative methods of the field, each with its own defaults.
+                    "debiased": ("debiased loss (Chuang et al.)", "debiased",
+                                 ["--ifnd=false", "--class_prior=0.1"]),
+                    "fnc": ("FNC-style top-k + threshold", "FNC",
+                            ["--ifnd=true", "--fn_detector=top_k"]),
+                    "hcsc": ("HCSC-style soft drop", "HCSC",
+                             ["--ifnd=true", "--fn_detector=soft_drop"]),
+                    "glofnd": ("GloFND learned threshold", "GloFND",
+                               ["--ifnd=true", "--fn_detector=learned_threshold"])}
 REFERENCE = "moco"
 VERDICT_METRICS = (("kNN", "knn_top1"), ("linear", "linear_top1"))
 COLUMNS = (("kNN top-1", "knn_top1", "{:.4f}"), ("linear top-1", "linear_top1", "{:.4f}"),

@@ -16,7 +16,9 @@ from ifnd_tf.errors import ConfigError
 ELIMINATION, ATTRACTION = losses.ELIMINATION, losses.ATTRACTION
 # What --fn_detector names (detectors.py holds the detectors themselves).
 CLUSTERS, QUANTILE = "clusters", "quantile"
-DETECTORS = (CLUSTERS, QUANTILE)
+TOP_K, SOFT_DROP, LEARNED_THRESHOLD = "top_k", "soft_drop", "learned_threshold"
+DETECTORS = (CLUSTERS, QUANTILE, TOP_K, SOFT_DROP, LEARNED_THRESHOLD)
+CLUSTERING_DETECTORS = (CLUSTERS, SOFT_DROP)  # these run the k-means hierarchy
 # What the clustering pass embeds (--cluster_features; detectors.ClusterLabels).
 CENTER_VIEW, TRAIN_KEYS, QUERY_VIEW = "center_view", "train_keys", "query_view"
 CLUSTER_FEATURES = (CENTER_VIEW, TRAIN_KEYS, QUERY_VIEW)
@@ -101,6 +103,10 @@ class MoCoConfig:
                                "elimination drops them from the denominator, attraction makes "
                                "them positives.", choices=losses.FALSE_NEGATIVE_STRATEGIES,
                                defines_run=True)
+    class_prior: float = setting(0.0, "Debiased contrastive loss (Chuang et al. 2020): tau+, the "
+                                 "chance that a negative is of the anchor's class (0.1 on a "
+                                 "balanced 10-class set); 0 = plain InfoNCE. With elimination "
+                                 "only; combines with any detector.", defines_run=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +130,13 @@ class DetectionConfig:
     fn_detector: str = setting(CLUSTERS, "How false negatives are found: clusters = queue "
                                "entries sharing an accepted k-means label with the anchor (the "
                                "paper); quantile = each anchor's alpha * --fn_quantile most "
-                               "similar queue entries, read from the step's own similarities "
-                               "(GloFND-like; no clustering pass).", choices=DETECTORS,
-                               defines_run=True)
+                               "similar queue entries, read from the step's own similarities; "
+                               "top_k = FNC-style: among the --fn_top_k most similar and above "
+                               "--fn_threshold; soft_drop = HCSC-style: dropped with the "
+                               "probability that the entry belongs to the anchor's cluster; "
+                               "learned_threshold = GloFND: a threshold per anchor learned "
+                               "online as the 1 - --fn_quantile quantile of its similarities.",
+                               choices=DETECTORS, defines_run=True)
     num_clusters: tuple[int, ...] = setting((10, 20, 50), "k of each hierarchy level.",
                                             defines_run=True)
     warmup_epochs: int = setting(1, "Epochs before the first clustering (alpha = 0).",
@@ -175,7 +185,18 @@ class DetectionConfig:
     fn_oracle_fraction: float = setting(1.0, "--fn_oracle: fraction of each class accepted when "
                                         "alpha reaches 1.", defines_run=True)
     fn_quantile: float = setting(0.1, "--fn_detector=quantile: fraction of the queue masked per "
-                                 "anchor at alpha = 1.", defines_run=True)
+                                 "anchor at alpha = 1; learned_threshold: the fraction its "
+                                 "thresholds aim at.", defines_run=True)
+    fn_top_k: int = setting(0, "--fn_detector=top_k: k (0 = --fn_quantile of the queue).",
+                            defines_run=True)
+    fn_threshold: float = setting(0.5, "--fn_detector=top_k: the cosine an entry must reach.",
+                                  defines_run=True)
+    fn_drop_temperature: float = setting(0.1, "--fn_detector=soft_drop: temperature of the "
+                                         "softmax over centroids that gives the drop "
+                                         "probability.", defines_run=True)
+    fn_threshold_lr: float = setting(0.05, "--fn_detector=learned_threshold: Adam step size of "
+                                     "the per-anchor thresholds (GloFND's default).",
+                                     defines_run=True)
     embed_batch_size: int = setting(1024, "Batch size of the clustering embedding pass.")
 
     def acceptance_schedule(self, epochs: int) -> clustering.AcceptanceSchedule:
@@ -312,7 +333,7 @@ class RunConfig:
         _check(num_examples >= self.schedule.batch_size,
                f"--batch_size={self.schedule.batch_size} is larger than the dataset "
                f"({num_examples} examples)")
-        if d.ifnd and d.fn_detector == CLUSTERS:
+        if d.ifnd and d.fn_detector in CLUSTERING_DETECTORS:
             too_big = [k for k in d.num_clusters if k > num_examples]
             _check(not too_big, f"--num_clusters: k={too_big} larger than the dataset "
                                 f"({num_examples} examples)")
@@ -341,7 +362,9 @@ def check_same_run(saved: dict, now: dict, model_dir: str) -> None:
     (both {flag name: value}, as RunConfig.flat gives them)."""
     if isinstance(saved.get("dataset"), str):
         saved = {**saved, "dataset": normalize_dataset(saved["dataset"])}
+    # A setting newer than the run: the run was made with its default.
+    saved = {**RunConfig().flat(), **saved}
     changed = [f"--{name}: {saved[name]!r} -> {now[name]!r}" for name in RUN_DEFINING_FLAGS
-               if name in saved and name in now and saved[name] != now[name]]
+               if name in now and saved[name] != now[name]]
     _check(not changed, f"--model_dir={model_dir} holds a run with other flags "
                         f"({'; '.join(changed)}); use a new --model_dir or the same flags")

@@ -35,7 +35,8 @@ def _with_positive_column(mask: tf.Tensor, positive: bool) -> tf.Tensor:
     return tf.concat([column, mask], axis=1)
 
 
-def ifnd_loss(logits: tf.Tensor, fn_mask: tf.Tensor, strategy: str = ELIMINATION) -> tf.Tensor:
+def ifnd_loss(logits: tf.Tensor, fn_mask: tf.Tensor, strategy: str = ELIMINATION,
+              class_prior: float = 0.0, temperature: float | None = None) -> tf.Tensor:
     """Per-anchor InfoNCE where detected false negatives are handled by `strategy`.
 
     Args:
@@ -44,17 +45,48 @@ def ifnd_loss(logits: tf.Tensor, fn_mask: tf.Tensor, strategy: str = ELIMINATION
       strategy: "elimination" removes masked entries from the denominator;
         "attraction" treats them as extra positives and averages -log p over the positive set
         (SupCon style) with the full denominator.
+      class_prior, temperature: a class prior > 0 makes the elimination loss the debiased one
+        (`debiased_loss`) over the entries kept.
     Returns:
       float [batch]; with an all-False mask both strategies equal plain InfoNCE.
     """
+    if strategy == ELIMINATION and class_prior > 0:
+        assert temperature is not None, "the debiased loss needs the temperature"
+        return debiased_loss(logits, fn_mask, class_prior, temperature)
     if strategy == ELIMINATION:
         kept = masked_logits_for_elimination(logits, fn_mask)
         return tf.reduce_logsumexp(kept, axis=1) - logits[:, 0]
+    if class_prior > 0:
+        raise ValueError("the debiased loss (a class prior > 0) needs the elimination strategy")
     if strategy == ATTRACTION:
         positives = tf.cast(_with_positive_column(fn_mask, True), logits.dtype)
         log_prob = logits - tf.reduce_logsumexp(logits, axis=1, keepdims=True)
         return -tf.reduce_sum(positives * log_prob, axis=1) / tf.reduce_sum(positives, axis=1)
     raise ValueError(f"--fn_strategy must be one of {FALSE_NEGATIVE_STRATEGIES}, got {strategy!r}")
+
+
+def debiased_loss(logits: tf.Tensor, fn_mask: tf.Tensor, class_prior: float,
+                  temperature: float) -> tf.Tensor:
+    """Debiased contrastive loss (Chuang et al., NeurIPS 2020), per anchor, over the queue
+    entries not masked.
+
+    Some negatives share the anchor's class with probability tau+ = class_prior; their share
+    of the negative term is taken out in expectation (estimated by the positive), floored at
+    its theoretical minimum n * e^(-1/t):
+        Ng = max((sum_j e^(s_j/t) - tau+ * n * e^(s+/t)) / (1 - tau+), n * e^(-1/t))
+        loss = -log(e^(s+/t) / (e^(s+/t) + Ng))
+    with n the entries kept. Computed shifted by the largest possible logit 1/t (cosines <= 1),
+    so float32 holds it at any temperature and queue size.
+    """
+    assert 0.0 < class_prior < 1.0, f"class prior must be in (0, 1), got {class_prior}"
+    shift = 1.0 / temperature
+    kept = tf.logical_not(fn_mask)
+    n = tf.reduce_sum(tf.cast(kept, logits.dtype), axis=1)
+    positive = tf.exp(logits[:, 0] - shift)
+    negatives = tf.reduce_sum(tf.where(kept, tf.exp(logits[:, 1:] - shift), 0.0), axis=1)
+    estimate = (negatives - class_prior * n * positive) / (1.0 - class_prior)
+    floor = n * tf.exp(tf.constant(-1.0 / temperature - shift, logits.dtype))
+    return tf.math.log(positive + tf.maximum(estimate, floor)) - (logits[:, 0] - shift)
 
 
 def masked_logits_for_elimination(logits: tf.Tensor, fn_mask: tf.Tensor) -> tf.Tensor:

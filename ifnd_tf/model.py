@@ -145,12 +145,13 @@ class MomentumContrast(keras_compat.NoSymbolicBuild, keras.Model):
         """The key encoder's float32 embeddings, BN in training mode (replica-local)."""
         return tf.cast(self.key_encoder(images, training=True)["embedding"], tf.float32)
 
-    def false_negatives(self, index: tf.Tensor, queue_ids: tf.Tensor,
-                        cosines: tf.Tensor) -> tf.Tensor:
+    def false_negatives(self, index: tf.Tensor, queue_ids: tf.Tensor, cosines: tf.Tensor,
+                        queue_keys: tf.Tensor) -> tf.Tensor:
         """The detector's mask bool [batch, queue] (all False without a detector)."""
         if self.detector is None:
             return tf.zeros(tf.shape(cosines), tf.bool)
-        return self.detector.mask(index, queue_ids, tf.stop_gradient(cosines))
+        keys = {"queue_keys": queue_keys} if self.detector.reads_queue_keys else {}
+        return self.detector.mask(index, queue_ids, tf.stop_gradient(cosines), **keys)
 
     def _query_loss_and_gradients(self, index: tf.Tensor, view_q: tf.Tensor, keys: tf.Tensor,
                                   queue_keys: tf.Tensor, queue_ids: tf.Tensor):
@@ -161,8 +162,10 @@ class MomentumContrast(keras_compat.NoSymbolicBuild, keras.Model):
             query = tf.cast(self.encoder(view_q, training=True)["embedding"], tf.float32)
             positive, cosines = losses.similarities(query, keys, queue_keys)
             logits = losses.logits_from(positive, cosines, self.settings.temperature)
-            fn_mask = self.false_negatives(index, queue_ids, cosines)
-            loss = tf.reduce_mean(losses.ifnd_loss(logits, fn_mask, self.settings.fn_strategy))
+            fn_mask = self.false_negatives(index, queue_ids, cosines, queue_keys)
+            loss = tf.reduce_mean(losses.ifnd_loss(
+                logits, fn_mask, self.settings.fn_strategy, self.settings.class_prior,
+                self.settings.temperature))
             total = loss + losses.weight_decay_loss(variables, self.settings.weight_decay)
             # Gradients are summed over replicas: scale so the step matches one big batch.
             scaled = self.optimizer.scale_loss(
@@ -200,6 +203,7 @@ class MomentumContrast(keras_compat.NoSymbolicBuild, keras.Model):
             index, view_q, keys, tf.convert_to_tensor(self.queue_keys), queue_ids)
         if self.detector is not None:
             self.detector.count(index, queue_ids, fn_mask)
+            self.detector.learn(index, queue_ids, logits[:, 1:] * self.settings.temperature)
         # 3. Replica-local BatchNorm statistics averaged, SGD step on the query encoder.
         encoders.average_local_batch_norm([self.encoder, self.key_encoder])
         self.optimizer.apply_gradients(zip(grads, self.encoder.trainable_variables))

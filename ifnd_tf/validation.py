@@ -7,7 +7,7 @@ import json
 import os
 
 from ifnd_tf import encoders, kmeans, losses
-from ifnd_tf.config import CLUSTERS, QUANTILE
+from ifnd_tf.config import CLUSTERING_DETECTORS, CLUSTERS, LEARNED_THRESHOLD
 from ifnd_tf.errors import ConfigError
 
 
@@ -41,6 +41,9 @@ def schedule(s, m, num_replicas: int) -> None:
     check(m.fn_strategy in losses.FALSE_NEGATIVE_STRATEGIES,
            f"--fn_strategy must be one of {losses.FALSE_NEGATIVE_STRATEGIES}, "
            f"got {m.fn_strategy!r}")
+    check(0.0 <= m.class_prior < 1.0, f"--class_prior must be in [0, 1), got {m.class_prior}")
+    check(m.class_prior == 0 or m.fn_strategy == losses.ELIMINATION,
+           f"--class_prior={m.class_prior} (the debiased loss) needs --fn_strategy=elimination")
 
 
 def encoder(e, d, m, s, num_replicas: int) -> None:
@@ -78,12 +81,18 @@ def detection(d, s) -> None:
            f"--fn_oracle_fraction must be in [0, 1], got {d.fn_oracle_fraction}")
     check(not d.fn_oracle or d.ifnd, "--fn_oracle needs --ifnd=true (it replaces the detector)")
     check(0.0 < d.fn_quantile <= 1.0, f"--fn_quantile must be in (0, 1], got {d.fn_quantile}")
-    check(not (d.fn_oracle and d.fn_detector == QUANTILE),
+    check(d.fn_top_k >= 0, f"--fn_top_k must be >= 0, got {d.fn_top_k}")
+    check(d.fn_drop_temperature > 0,
+           f"--fn_drop_temperature must be > 0, got {d.fn_drop_temperature}")
+    check(d.fn_threshold_lr > 0, f"--fn_threshold_lr must be > 0, got {d.fn_threshold_lr}")
+    check(d.fn_quantile < 1.0 or d.fn_detector != LEARNED_THRESHOLD,
+           "--fn_detector=learned_threshold needs --fn_quantile below 1")
+    check(not (d.fn_oracle and d.fn_detector != CLUSTERS),
            "--fn_oracle replaces the clusters' labels; it needs --fn_detector=clusters")
     check(d.fn_min_levels == 1 or d.fn_detector == CLUSTERS,
            f"--fn_min_levels={d.fn_min_levels} is a vote over cluster levels; it needs "
            "--fn_detector=clusters")
-    if d.ifnd and d.fn_detector == CLUSTERS and not d.fn_oracle:
+    if d.ifnd and d.fn_detector in CLUSTERING_DETECTORS and not d.fn_oracle:
         kmeans.faiss_uses_gpu(d.kmeans_device, d.kmeans_backend)  # a GPU asked for and absent
         for k in d.num_clusters:
             kmeans.check_backend_k(d.kmeans_backend, k)

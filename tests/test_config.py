@@ -123,8 +123,21 @@ def test_old_flags_json_keys_are_still_written():
            "kmeans_max_points_per_centroid", "cluster_features", "seed", "mixed_precision",
            "fn_confidence", "fn_neighbours_k", "fn_min_levels", "fn_oracle",
            "fn_oracle_fraction", "fn_detector", "fn_quantile"}
-    assert set(config.RUN_DEFINING_FLAGS) == old
+    added = {"class_prior", "fn_top_k", "fn_threshold", "fn_drop_temperature",
+             "fn_threshold_lr"}
+    assert set(config.RUN_DEFINING_FLAGS) == old | added
     assert old <= set(config.RunConfig().flat())
+
+
+def test_a_setting_newer_than_the_run_counts_as_its_default():
+    """A run made before a setting existed ran with its default: resuming it with another
+    value is refused, with the default it resumes."""
+    saved = config.RunConfig().flat()
+    del saved["class_prior"]
+    config.check_same_run(saved, config.RunConfig().flat(), "runs/old")
+    with pytest.raises(config.ConfigError, match="--class_prior: 0.0 -> 0.1"):
+        config.check_same_run(saved, config.RunConfig().replace(class_prior=0.1).flat(),
+                              "runs/old")
 
 
 def test_a_changed_run_defining_setting_is_refused_in_one_line():

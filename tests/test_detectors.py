@@ -326,6 +326,12 @@ BUILT_IN = {
         "features": TRAIN_KEYS, "seed": 3}),
     "oracle_labels": (detectors.OracleLabels, {"levels": (10, 20), "fraction": 0.8, "seed": 4}),
     "nearest_fraction": (detectors.NearestFraction, {"quantile": 0.3}),
+    "top_k_threshold": (detectors.TopKThreshold, {"top_k": 7, "threshold": 0.6}),
+    "learned_threshold": (detectors.LearnedThreshold, {"fraction": 0.2, "learning_rate": 0.1,
+                                                       "beta1": 0.8, "beta2": 0.9}),
+    "soft_cluster_drop": (detectors.SoftClusterDrop, {
+        "kmeans": KMEANS, "confidence": "agreement", "neighbours_k": 5, "min_levels": 2,
+        "features": TRAIN_KEYS, "seed": 3, "temperature": 0.2}),
 }
 
 
@@ -342,7 +348,7 @@ def _missing_arguments(detector, arguments: dict) -> dict:
             if _config_value(config.get(name)) != _config_value(value)}
 
 
-@pytest.mark.parametrize("name", ["cluster_labels", "oracle_labels", "nearest_fraction"])
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
 def test_get_config_holds_the_constructor_arguments(name):
     cls, arguments = BUILT_IN[name]
     own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}

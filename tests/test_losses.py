@@ -111,3 +111,36 @@ def test_accuracy_leaves_out_the_queues_random_start_rows():
     assert losses.contrastive_accuracy(logits, valid=valid).numpy() == pytest.approx(0.5)
     assert losses.contrastive_accuracy(logits[1:], valid=valid).numpy() == 1.0
     assert losses.contrastive_accuracy(logits, valid=tf.zeros([3], tf.bool)).numpy() == 0.0
+
+
+# Debiased loss on the example above: e^(s+/t) = e^1.2, negatives e^2, e^0, e^-2.
+def _debiased(prior, mask=(False, False, False)):
+    return losses.debiased_loss(_logits(), tf.constant([list(mask)]), prior, 0.5).numpy()[0]
+
+
+def test_debiased_loss_takes_the_prior_share_out_of_the_negatives():
+    positive, negatives = math.exp(1.2), math.exp(2) + 1 + math.exp(-2)
+    estimate = (negatives - 0.1 * 3 * positive) / 0.9  # 8.365, above the floor 3 e^-2
+    assert _debiased(0.1) == pytest.approx(math.log(positive + estimate) - 1.2, rel=1e-5)
+    assert _debiased(0.1) < losses.ifnd_loss(_logits(), tf.zeros([1, 3], tf.bool)).numpy()[0]
+
+
+def test_debiased_loss_is_floored_at_n_times_e_to_minus_one_over_t():
+    # tau+ = 0.9 would make the estimate negative: the floor 3 e^(-1/0.5) holds.
+    assert _debiased(0.9) == pytest.approx(math.log(math.exp(1.2) + 3 * math.exp(-2)) - 1.2,
+                                           rel=1e-5)
+
+
+def test_debiased_loss_counts_only_the_entries_kept():
+    positive, kept = math.exp(1.2), 1 + math.exp(-2)  # the first queue entry masked
+    estimate = (kept - 0.1 * 2 * positive) / 0.9
+    assert _debiased(0.1, (True, False, False)) == pytest.approx(
+        math.log(positive + estimate) - 1.2, rel=1e-5)
+    via_strategy = losses.ifnd_loss(_logits(), tf.constant([[True, False, False]]),
+                                    losses.ELIMINATION, 0.1, 0.5).numpy()[0]
+    assert via_strategy == pytest.approx(_debiased(0.1, (True, False, False)))
+
+
+def test_debiased_loss_needs_elimination():
+    with pytest.raises(ValueError, match="elimination"):
+        losses.ifnd_loss(_logits(), tf.zeros([1, 3], tf.bool), losses.ATTRACTION, 0.1, 0.5)

@@ -11,7 +11,11 @@ callback (pseudo_labels.PseudoLabelCallback) calls refresh with the acceptance r
 
   ClusterLabels    the paper: accepted k-means labels, a match at any level (min_levels: a vote)
   OracleLabels     ablation: the true classes of a growing, class-balanced fraction
-  NearestFraction  each anchor's alpha * quantile most similar queue entries (GloFND-like)
+  NearestFraction  each anchor's alpha * quantile most similar queue entries
+  TopKThreshold    FNC-style: the anchor's top-k entries that reach a cosine threshold
+  SoftClusterDrop  HCSC-style: dropped with the probability of being in the anchor's cluster
+  LearnedThreshold GloFND: a per-example threshold learned online as a quantile
+The debiased loss (Chuang et al.) is a loss, not a mask: MoCoConfig.class_prior.
 
 Adding a detector: a new module here with its class, exported below, and its test.
 """
@@ -23,9 +27,13 @@ from ifnd_tf.detectors.base import (
 )
 from ifnd_tf.detectors.cluster_labels import ClusterLabels
 from ifnd_tf.detectors.label_table import LabelTable
+from ifnd_tf.detectors.learned_threshold import LearnedThreshold
 from ifnd_tf.detectors.nearest_fraction import NearestFraction, nearest_fraction_mask
 from ifnd_tf.detectors.oracle import OracleLabels, oracle_pseudo_labels
+from ifnd_tf.detectors.soft_cluster_drop import SoftClusterDrop
+from ifnd_tf.detectors.top_k_threshold import TopKThreshold
 
 __all__ = ["ClusterLabels", "EpochInputs", "FalseNegativeDetector", "LabelTable",
-           "NearestFraction", "OracleLabels", "false_negative_mask", "nearest_fraction_mask",
+           "LearnedThreshold", "NearestFraction", "OracleLabels", "SoftClusterDrop",
+           "TopKThreshold", "false_negative_mask", "nearest_fraction_mask",
            "oracle_pseudo_labels", "queue_lookup"]

@@ -59,7 +59,11 @@ class FalseNegativeDetector(keras.layers.Layer):
 
     count_true_labels: count, at each step, the masked entries of the anchor's true class
     (fn_precision / fn_recall of the epoch in the logs); needs labelled data.
+    A detector that needs the queue's keys themselves (not only their cosines to the anchors)
+    sets reads_queue_keys: its mask then gets them as queue_keys=.
     """
+
+    reads_queue_keys = False
 
     def __init__(self, count_true_labels: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -87,6 +91,11 @@ class FalseNegativeDetector(keras.layers.Layer):
         """bool [batch, queue]: the false negatives of each anchor. queue_ids are -1 for empty
         slots; similarities are the step's query-queue cosines (no gradient)."""
         raise NotImplementedError
+
+    def learn(self, anchor_ids: tf.Tensor, queue_ids: tf.Tensor,
+              similarities: tf.Tensor) -> None:
+        """After each step's loss, in replica context: this replica's anchors and their
+        cosines to the queue, for a detector that learns per step (cross-replica ops allowed)."""
 
     def refresh(self, epoch: int, alpha: float, inputs: EpochInputs) -> tuple[dict, dict]:
         """At an epoch start: update the state. Returns (epoch logs: the progress line and

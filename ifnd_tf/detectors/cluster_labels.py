@@ -65,12 +65,16 @@ class ClusterLabels(LabelTable):
                                                   previous=previous, **self.confidence)
         if self.previous_assignment is not None:
             self.previous_assignment.assign(np.stack([level.assignment for level in stats]))
+        self.clustered(embeddings, stats)
         for level in stats:
             details[f"accepted_k{level.k}"] = level.accepted_fraction
             details[f"largest_cluster_k{level.k}"] = level.largest_cluster
             details[f"median_cluster_k{level.k}"] = level.median_cluster
             details[f"smallest_cluster_k{level.k}"] = level.smallest_cluster
         return labels
+
+    def clustered(self, embeddings: np.ndarray, stats: list[clustering.LevelStats]) -> None:
+        """After each pass: the embeddings and every level's assignment, for a subclass."""
 
     def _embeddings(self, inputs: EpochInputs, logs: dict, details: dict) -> np.ndarray:
         """The training keys if asked for and complete, else the centre-view pass (of the
