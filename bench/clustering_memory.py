@@ -1,5 +1,6 @@
 """Peak memory of one clustering pass at ImageNet-1k scale: hierarchical_pseudo_labels on
-1.28M synthetic 128-d unit vectors with the flags/imagenet.cfg k list (faiss).
+1.28M synthetic 128-d unit vectors with the flags/imagenet100.cfg k list (faiss), the one
+measured in docs/results.md; flags/imagenet.cfg's is --num_clusters=1000,2000,3000.
 
     nice -n 10 python -m bench.clustering_memory          # a few minutes of CPU
 

@@ -2,7 +2,7 @@
 
 Random-size JPEGs (180-500 px a side by default) with smooth random content, and the oddities
 real ImageNet-1k has: a few grayscale JPEGs, a few CMYK JPEGs, and one PNG named .JPEG
-(n02105855_2933.JPEG). Used by the end-to-end test of flags/imagenet.cfg and by
+(n02105855_2933.JPEG). Used by the end-to-end tests of flags/imagenet*.cfg and by
 bench/startup.py and bench/jpeg_pipeline.py; nothing here needs TensorFlow.
 """
 import concurrent.futures

@@ -56,7 +56,9 @@ class DataConfig:
     dataset: str = setting("fashion_mnist", "fashion_mnist (offline, Debian package) | digits | "
                            "folder:/path | TFDS name.", defines_run=True)
     data_dir: str | None = setting(None, "Where the data lives (TFDS data_dir or IDX folder).")
-    download: bool = setting(False, "Let TFDS download the dataset (needs network).")
+    download: bool = setting(False, "Let TFDS download and prepare the dataset (needs network); "
+                             "imagenet2012: prepare it from ILSVRC2012_img_{train,val}.tar in "
+                             "<data_dir>/downloads/manual.")
     image_size: int = setting(28, "Side of the square training crops.", defines_run=True)
     verify_images: bool = setting(True, "Image folders: decode every file once at start-up and "
                                   "leave out unreadable ones.")

@@ -1,8 +1,9 @@
 """Where training images come from: a `Source` reads image i by its dataset index.
 
 `load_source` turns a dataset name into a Source: Fashion-MNIST from Debian's IDX files, sklearn's
-digits, an image folder (one sub-folder per class), or any TFDS image dataset; `from_arrays`
-wraps images already in memory. True labels are kept only for evaluation and diagnostics.
+digits, an image folder (one sub-folder per class), or any TFDS image dataset (imagenet2012 from
+its archives downloaded by hand); `from_arrays` wraps images already in memory. True labels are
+kept only for evaluation and diagnostics.
 """
 import concurrent.futures
 import dataclasses
@@ -22,6 +23,12 @@ FASHION_MNIST_INSTALL = "sudo apt-get install dataset-fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 AUTOTUNE = tf.data.AUTOTUNE
 IN_MEMORY_BYTES = 1 << 30  # TFDS splits of fixed-size images up to 1 GiB are held in memory
+# TFDS datasets TFDS cannot fetch: the archives `download_and_prepare` reads from the manual
+# folder (<data_dir>/downloads/manual, data_dir by default ~/tensorflow_datasets).
+MANUAL_ARCHIVES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
+# What split "test" (evaluation, the kNN monitor) reads where TFDS's "test" has no labels
+# (imagenet2012's test images carry label -1): the labelled held-out split.
+HELD_OUT_SPLITS = {"imagenet2012": "validation"}
 
 
 @dataclasses.dataclass
@@ -123,12 +130,22 @@ def _tfds(name: str, split: str, data_dir: str | None, download: bool,
     import tensorflow_datasets as tfds
 
     skip_image = {"image": tfds.decode.SkipDecoding()}
+    builder = None
     try:
         builder = tfds.builder(name, data_dir=data_dir)
+        split = HELD_OUT_SPLITS.get(builder.name, split) if split == "test" else split
         if download:
+            _check_manual_archives(name, builder)
             builder.download_and_prepare()
         encoded = builder.as_dataset(split=split, shuffle_files=False, decoders=skip_image)
+    except DataError:
+        raise
     except Exception as e:  # TFDS raises several types for missing data; all end up here
+        if builder is not None and builder.name in MANUAL_ARCHIVES and not builder.is_prepared():
+            _check_manual_archives(name, builder)
+            raise DataError(f"--dataset={name}: not prepared in {builder.data_dir_root}; pass "
+                            "--download once to prepare it from the archives in "
+                            f"{_manual_dir(builder)} (hours)") from e
         hint = "" if download else " (pass --download to fetch it, or --data_dir where it lives)"
         raise DataError(f"--dataset={name}: TFDS could not load split {split!r}{hint}: "
                         f"{str(e).splitlines()[0]}") from e
@@ -167,6 +184,25 @@ def _tfds(name: str, split: str, data_dir: str | None, download: bool,
         return decode(tf.reshape(raw, []))
 
     return Source(f"{name}:{split}", read, num_examples, labels, num_classes, in_memory=False)
+
+
+def _manual_dir(builder) -> str:
+    """Where TFDS's download_and_prepare looks for archives downloaded by hand."""
+    return os.path.join(str(builder.data_dir_root), "downloads", "manual")
+
+
+def _check_manual_archives(name: str, builder) -> None:
+    """One DataError line when a dataset TFDS cannot fetch is not prepared and its archives are
+    not in the manual folder: never a download attempt."""
+    archives = MANUAL_ARCHIVES.get(builder.name)
+    if not archives or builder.is_prepared():
+        return
+    manual_dir = _manual_dir(builder)
+    missing = [a for a in archives if not os.path.isfile(os.path.join(manual_dir, a))]
+    if missing:
+        raise DataError(f"--dataset={name}: no {' or '.join(missing)} in {manual_dir} (TFDS "
+                        "cannot download it): put the archives from image-net.org there (the "
+                        "folder follows --data_dir) and pass --download once to prepare it")
 
 
 def _tfds_labels(name: str, split: str, encoded: tf.data.Dataset, records, num_examples: int,

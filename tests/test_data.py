@@ -103,6 +103,43 @@ def test_unknown_dataset_name_is_reported(tmp_path):
         sources.load_source("no_such_dataset", data_dir=str(tmp_path))
 
 
+def _never_download(*args, **kwargs):
+    raise AssertionError("download_and_prepare was called")
+
+
+def test_imagenet2012_without_its_archives_is_one_line_and_no_download(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", _never_download)
+    manual = tmp_path / "downloads" / "manual"
+    for download in (False, True):
+        with pytest.raises(data.DataError) as error:
+            sources.load_source("imagenet2012", data_dir=str(tmp_path), download=download)
+        assert str(error.value) == (
+            f"--dataset=imagenet2012: no ILSVRC2012_img_train.tar or ILSVRC2012_img_val.tar in "
+            f"{manual} (TFDS cannot download it): put the archives from image-net.org there (the "
+            "folder follows --data_dir) and pass --download once to prepare it")
+    manual.mkdir(parents=True)
+    (manual / "ILSVRC2012_img_train.tar").write_bytes(b"")
+    with pytest.raises(data.DataError, match=r"no ILSVRC2012_img_val\.tar in "):
+        sources.load_source("imagenet2012", "test", data_dir=str(tmp_path))
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(b"")
+    with pytest.raises(data.DataError, match=f"^--dataset=imagenet2012: not prepared in "
+                                             f"{tmp_path}; pass --download once to prepare it "
+                                             f"from the archives in {manual} "):
+        sources.load_source("imagenet2012", data_dir=str(tmp_path))
+
+
+def test_imagenet2012_is_evaluated_on_its_labelled_validation_split():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):  # TFDS's "test" split has label -1
+        source = sources.load_source("imagenet2012", "test")
+    assert (source.name, source.num_examples, source.num_classes) == \
+        ("imagenet2012:validation", 6, 1000)
+    assert source.labels.min() >= 0
+
+
 def test_image_folder_in_imagenet_layout(tmp_path):
     write_image_folder(tmp_path)
     source = sources.load_source(f"folder:{tmp_path}")

@@ -1,5 +1,7 @@
-"""End to end on the paper-scale path: flags/imagenet.cfg itself on a generated ImageNet-layout
-folder, only the size flags overridden; training, a clustering pass, a kill + resume, export."""
+"""End to end on the paper-scale path: flags/imagenet.cfg (ImageNet-1k) and flags/imagenet100.cfg
+themselves on a generated ImageNet-layout folder, only the size flags overridden. imagenet.cfg:
+training, a clustering pass, a kill + resume, the kNN monitor, export; imagenet100.cfg (the same
+code path, other values): one epoch with a clustering pass, to keep the module short."""
 import json
 import signal
 import subprocess
@@ -13,15 +15,33 @@ from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.e2e
 # Sizes only: ResNet-50 at 1/8 width on 32 px crops, 2 epochs of 2 steps of the whole 64 train
-# images (the flagfile's --key_bn_splits=8 needs groups of >= 8 keys), k list within them.
+# images (the flagfiles' --key_bn_splits=8 needs groups of >= 8 keys), k list within them.
 SMALL = ("--image_size=32", "--width_multiplier=0.125", "--epochs=2", "--steps_per_epoch=2",
          "--batch_size=64", "--queue_size=64", "--num_clusters=4,8", "--warmup_epochs=1",
          "--embed_batch_size=32")
 
 
-def _args(root, model_dir, *extra):
-    return ["--flagfile=flags/imagenet.cfg", f"--dataset=folder:{root}",
+def _args(root, model_dir, *extra, flagfile="imagenet.cfg"):
+    return [f"--flagfile=flags/{flagfile}", f"--dataset=folder:{root}",
             f"--model_dir={model_dir}", *SMALL, *extra]
+
+
+def _check_flagfile_kept(flagfile, saved, overridden):
+    """Every setting of the flagfile that the command line did not override is the run's."""
+    with open(f"{ROOT}/flags/{flagfile}") as f:
+        lines = f.read().splitlines()
+    values = dict(line[2:].split("=", 1) for line in lines if line.startswith("--"))
+    names = {arg[2:].split("=", 1)[0] for arg in overridden} | {"dataset", "model_dir"}
+    kept = {name: value for name, value in values.items() if name not in names}
+    assert {"backbone", "key_bn_splits", "kmeans_backend", "temperature"} <= set(kept)
+    for name, value in kept.items():
+        run = saved[name]
+        if isinstance(run, list):
+            assert run == value.split(","), name
+        elif isinstance(run, (int, float)) and not isinstance(run, bool):
+            assert run == float(value), name
+        else:
+            assert str(run) == value, name
 
 
 def test_imagenet_cfg_trains_clusters_resumes_and_exports(imagenet_folder, tmp_path):
@@ -54,13 +74,29 @@ def test_imagenet_cfg_trains_clusters_resumes_and_exports(imagenet_folder, tmp_p
     assert "knn_top1" in out and "exported encoder" in out
 
     saved = json.loads((model_dir / "flags.json").read_text())
+    _check_flagfile_kept("imagenet.cfg", saved, [*SMALL, "--knn_max_train=40"])
     assert (saved["backbone"], saved["kmeans_backend"], saved["key_bn_splits"]) == \
-        ("resnet50", "faiss", 8)  # the flagfile's own values, not overridden
+        ("resnet50", "faiss", 8)
     encoder = tf.saved_model.load(str(model_dir / "export" / "saved_model"))
     embedding = encoder.embedding(tf.random.uniform([3, 32, 32, 3], seed=1)).numpy()
     assert embedding.shape == (3, 128)
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-4)
     assert len(odd["cmyk"]) == 2 and len(odd["gray"]) == 2
+
+
+def test_imagenet100_cfg_trains_and_clusters(imagenet_folder, tmp_path):
+    root, _ = imagenet_folder
+    model_dir = tmp_path / "run"
+    # One epoch, clustered from its start (no warm-up); no monitor, no export: imagenet.cfg's
+    # test above covers those on the same code path.
+    light = ("--epochs=1", "--warmup_epochs=0", "--knn_every=0", "--export=false")
+    result = run_cli("ifnd_tf.train", *_args(root, model_dir, *light, flagfile="imagenet100.cfg"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "IFND epoch 1: alpha=1, clustering_seconds=" in result.stdout
+    assert "accepted=64," in result.stdout, result.stdout[-3000:]
+    saved = json.loads((model_dir / "flags.json").read_text())
+    _check_flagfile_kept("imagenet100.cfg", saved, [*SMALL, *light])
+    assert (saved["queue_size"], saved["num_clusters"]) == (64, ["4", "8"])
 
 
 def test_empty_class_folder_is_one_clear_line(tmp_path):
