@@ -5,7 +5,9 @@ wall time, peak RSS and FLOP counts as JSON, one line per k (issue 30, item 2).
         --num_clusters=25000,50000,100000 --backend=tf        # hours of CPU at full size
 
 Synthetic 128-d unit vectors (bench.clustering_memory). Times taken while other work shares
-the cores are not results; the FLOP counts and the bounded block size are exact.
+the cores are not results; the FLOP counts and the bounded block size are exact. `--name`
+also writes every pass to bench/results/<name>.json (what bench.imagenet_epoch fits its
+scaling law to; several sizes N: `--num_examples=160000,320000,640000`, one process each).
 """
 if __name__ == "__main__":  # before TensorFlow loads: fast allocator (ifnd_tf/runtime.py)
     from ifnd_tf import runtime
@@ -17,6 +19,9 @@ import json
 import resource
 import time
 
+import threadpoolctl
+
+from bench import common
 from bench.clustering_memory import current_rss, peak_rss, reset_peak, synthetic_embeddings
 from ifnd_tf import clustering, kmeans
 
@@ -33,7 +38,8 @@ def flops(n: int, k: int, dim: int, iterations: int, max_points_per_centroid: in
 
 
 class Stopwatch:
-    """Wraps clustering.seed_centroids so the pass's seeding time is reported on its own."""
+    """Wraps kmeans.seed_centroids (the name fit_centroids calls; clustering only re-exports
+    it) so the pass's seeding time is reported on its own."""
 
     def __init__(self, function):
         self.function, self.seconds = function, 0.0
@@ -77,7 +83,8 @@ def one_pass(embeddings, k: int, args: argparse.Namespace, seeding: Stopwatch) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num_examples", type=int, default=1_281_167)  # ImageNet-1k train
+    parser.add_argument("--num_examples", default="1281167",
+                        help="N, or several (comma-separated): one set of passes per N")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--num_clusters", default="25000,50000,100000")
     parser.add_argument("--backend", default="tf", choices=clustering.BACKENDS)
@@ -88,11 +95,22 @@ def main() -> None:
                         default=clustering.DEFAULT_MEMORY_BUDGET // MB)
     parser.add_argument("--true_clusters", type=int, default=1000,
                         help="centres of the synthetic cloud")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="cap on the k-means libraries' threads (0 = their default)")
+    parser.add_argument("--name", help="also write the passes to bench/results/<name>.json")
     args = parser.parse_args()
-    embeddings = synthetic_embeddings(args.num_examples, args.dim, args.true_clusters, seed=0)
-    clustering.seed_centroids = seeding = Stopwatch(clustering.seed_centroids)
-    for k in (int(k) for k in args.num_clusters.split(",")):
-        print(json.dumps(one_pass(embeddings, k, args, seeding)), flush=True)
+    kmeans.seed_centroids = seeding = Stopwatch(kmeans.seed_centroids)
+    passes = []
+    with threadpoolctl.threadpool_limits(args.threads or None):
+        for n in (int(n) for n in args.num_examples.split(",")):
+            embeddings = synthetic_embeddings(n, args.dim, args.true_clusters, seed=0)
+            for k in (int(k) for k in args.num_clusters.split(",")):
+                passes.append(one_pass(embeddings, k, args, seeding))
+                print(json.dumps(passes[-1]), flush=True)
+            del embeddings
+    if args.name:
+        common.write_json(args.name, {"passes": passes, "threads": args.threads,
+                                      "true_clusters": args.true_clusters})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""A plain PyTorch MoCo v2 step on CIFAR ResNet-18: the reference `bench.cross_framework` times.
+"""A plain PyTorch MoCo v2 step: the reference `bench.cross_framework` times.
 
-Same architecture and step as ifnd_tf's resnet18_cifar MomentumContrast: 3x3 stride-1 stem, no
-max-pool, BasicBlocks [2, 2, 2, 2], head 512 -> 512 -> 128, momentum (EMA) key encoder with its
-batch shuffled and normalised in groups (shuffle-BN on one device), queue of 4096 keys,
-InfoNCE at T = 0.2, SGD with momentum and coupled weight decay. No false-negative mask: the
-reference is plain MoCo v2. Needs torch (bench/requirements.txt), never the package itself.
+Same architectures and step as ifnd_tf's MomentumContrast. resnet18_cifar: 3x3 stride-1 stem,
+no max-pool, BasicBlocks [2, 2, 2, 2], head 512 -> 512 -> 128. resnet50: torchvision's
+ResNet-50 (7x7 stride-2 stem, 3x3 stride-2 max-pool, Bottlenecks [3, 4, 6, 3] with the stride
+in the 3x3 conv, v1.5), written out here (no torchvision dependency), head 2048 -> 2048 -> 128.
+Momentum (EMA) key encoder with its batch shuffled and normalised in groups (shuffle-BN on one
+device), queue of 4096 keys, InfoNCE at T = 0.2, SGD with momentum and coupled weight decay. No
+false-negative mask: the reference is plain MoCo v2. Needs torch (bench/requirements.txt),
+never the package itself.
 """
 import copy
 from collections.abc import Callable
@@ -30,25 +33,69 @@ class BasicBlock(nn.Module):
         return F.relu(self.a(x) + self.shortcut(x))
 
 
-def resnet18_cifar_encoder(embedding_dim: int = 128) -> nn.Module:
-    """Backbone + MoCo v2 head; forward returns the L2-normalised embedding."""
-    layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
-    inputs = 64
-    for stage in range(4):
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (v1.5: the stride is in the 3x3 conv), expansion 4."""
+
+    def __init__(self, inputs: int, filters: int, stride: int):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(inputs, filters, 1, bias=False),
+                               nn.BatchNorm2d(filters), nn.ReLU(inplace=True),
+                               nn.Conv2d(filters, filters, 3, stride, 1, bias=False),
+                               nn.BatchNorm2d(filters), nn.ReLU(inplace=True),
+                               nn.Conv2d(filters, 4 * filters, 1, bias=False),
+                               nn.BatchNorm2d(4 * filters))
+        self.shortcut = nn.Identity()
+        if stride != 1 or inputs != 4 * filters:
+            self.shortcut = nn.Sequential(nn.Conv2d(inputs, 4 * filters, 1, stride, bias=False),
+                                          nn.BatchNorm2d(4 * filters))
+
+    def forward(self, x):
+        return F.relu(self.a(x) + self.shortcut(x))
+
+
+def _stages(block, expansion: int, blocks_per_stage: tuple) -> tuple[list[nn.Module], int]:
+    layers, inputs = [], 64
+    for stage, num_blocks in enumerate(blocks_per_stage):
         filters = 64 * 2**stage
-        for b in range(2):
-            layers.append(BasicBlock(inputs, filters, 2 if stage > 0 and b == 0 else 1))
-            inputs = filters
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 512), nn.ReLU(inplace=True),
-               nn.Linear(512, embedding_dim)]
-    return nn.Sequential(*layers)
+        for b in range(num_blocks):
+            layers.append(block(inputs, filters, 2 if stage > 0 and b == 0 else 1))
+            inputs = expansion * filters
+    return layers, inputs
+
+
+def resnet18_cifar_backbone() -> nn.Module:
+    """3x3 stride-1 stem, no max-pool, BasicBlocks [2, 2, 2, 2]; pooled 512-d features."""
+    layers, _ = _stages(BasicBlock, 1, (2, 2, 2, 2))
+    return nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
+                         nn.ReLU(inplace=True), *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def resnet50_backbone() -> nn.Module:
+    """torchvision's resnet50 without its classifier: pooled 2048-d features."""
+    layers, _ = _stages(Bottleneck, 4, (3, 4, 6, 3))
+    return nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1), *layers,
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+BACKBONES = {"resnet18_cifar": (resnet18_cifar_backbone, 512),
+             "resnet50": (resnet50_backbone, 2048)}
+
+
+def encoder(backbone: str = "resnet18_cifar", embedding_dim: int = 128) -> nn.Module:
+    """Backbone + MoCo v2 head (Linear-ReLU-Linear); forward returns the unnormalised embedding
+    (the step normalises it)."""
+    make, features = BACKBONES[backbone]
+    return nn.Sequential(make(), nn.Linear(features, features), nn.ReLU(inplace=True),
+                         nn.Linear(features, embedding_dim))
 
 
 class MoCo(nn.Module):
     def __init__(self, queue_size: int = 4096, dim: int = 128, momentum: float = 0.99,
-                 temperature: float = 0.2, key_bn_splits: int = 4):
+                 temperature: float = 0.2, key_bn_splits: int = 4,
+                 backbone: str = "resnet18_cifar"):
         super().__init__()
-        self.query = resnet18_cifar_encoder(dim)
+        self.query = encoder(backbone, dim)
         self.key = copy.deepcopy(self.query)
         for p in self.key.parameters():
             p.requires_grad = False
@@ -78,11 +125,11 @@ class MoCo(nn.Module):
 
 
 def make_step(batch_size: int, image_size: int = 32, threads: int = 2, seed: int = 0,
-              key_bn_splits: int = 4) -> Callable[[int], float]:
+              key_bn_splits: int = 4, backbone: str = "resnet18_cifar") -> Callable[[int], float]:
     """A function running n MoCo v2 steps on one fixed random batch; returns the last loss."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model = MoCo(key_bn_splits=key_bn_splits).train()
+    model = MoCo(key_bn_splits=key_bn_splits, backbone=backbone).train()
     optimizer = torch.optim.SGD(model.query.parameters(), lr=0.06 * batch_size / 256,
                                 momentum=0.9, weight_decay=5e-4)
     view_q, view_k = torch.rand(2, batch_size, 3, image_size, image_size)
