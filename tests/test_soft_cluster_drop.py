@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_detectors import _moco
 
 from ifnd_tf import clustering, data, detectors, sources
 from ifnd_tf.detectors.soft_cluster_drop import drop_probabilities, unit_centroids
-from test_detectors import _moco
 
 E = math.e
 # Two levels in two dimensions: k = 2 (the axes), k = 1 (the first axis; padded to 2 rows).
