@@ -22,7 +22,7 @@ from conftest import (
     write_image_folder,
 )
 
-from ifnd_tf import builder, preemption, run_directory
+from ifnd_tf import builder, cli, preemption, run_directory
 
 pytestmark = pytest.mark.e2e
 
@@ -178,12 +178,14 @@ def test_sigkill_mid_epoch_then_rerun_continues_exactly(tmp_path, uninterrupted)
 @pytest.mark.parametrize("settings", [
     ("--fn_confidence=stability", "--cluster_features=train_keys"),
     ("--fn_confidence=agreement", "--cluster_features=query_view"),
-    ("--fn_confidence=neighbours",), ("--fn_detector=quantile",), ("--fn_oracle=true",)])
+    ("--fn_confidence=neighbours", "--fn_detector=soft_drop"), ("--fn_detector=quantile",),
+    ("--fn_oracle=true",), ("--fn_detector=learned_threshold",),
+    ("--fn_detector=top_k", "--class_prior=0.1")])
 def test_every_detection_setting_resumes_exactly(tmp_path, settings):
     """Killed after the first epoch's checkpoint (in epoch 2's refresh or steps), the rerun
     ends where an uninterrupted run does: every piece of detector state is checkpointed (each
-    --fn_confidence, --fn_detector and --cluster_features value; center_view: the tests
-    above)."""
+    --fn_confidence, --fn_detector and --cluster_features value, the debiased loss;
+    center_view: the tests above)."""
     query_view = "--cluster_features=query_view" in settings  # needs the kNN monitor's pass
     short = ("--export=false", *settings, *(() if query_view else ("--knn_every=0",)))
     want = tmp_path / "uninterrupted"
@@ -195,7 +197,7 @@ def test_every_detection_setting_resumes_exactly(tmp_path, settings):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     changes = dict(setting[2:].split("=") for setting in settings)
-    _assert_same_run(killed, want, **{k: True if v == "true" else v for k, v in changes.items()})
+    _assert_same_run(killed, want, **{k: cli.FLAGS[k].parser.parse(v) for k, v in changes.items()})
 
 
 def test_sigterm_checkpoints_the_step_and_resumes_mid_epoch_exactly(tmp_path, uninterrupted):
