@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--key_bn_splits", type=int, default=4)
     parser.add_argument("--jit", action="store_true", help="XLA for ours")
+    parser.add_argument("--sync_bn", action="store_true", help="ours with the query encoder's "
+                        "SyncBN (Keras' unfused BN); default: replica-local BN, as the reference")
     parser.add_argument("--name", help="output file; default cross_framework (ResNet-18), "
                         "cross_framework_resnet50")
     args = parser.parse_args()
@@ -52,7 +54,8 @@ def main() -> None:
     from bench import torch_reference  # torch after TF's thread settings
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    cfg = common.model_config(args.backbone, size, batch, 1.0, args.key_bn_splits)
+    cfg = common.model_config(args.backbone, size, batch, 1.0, args.key_bn_splits).replace(
+        sync_bn=args.sync_bn)
     moco = common.build_moco(cfg, args.jit, strategy, common.NUM_EXAMPLES)
     macs = flops.encoder_macs(moco.encoder)
     common.fill_pseudo_labels(moco, KS)
@@ -76,7 +79,7 @@ def main() -> None:
     common.write_json(name, {"backbone": args.backbone, "image_size": size, "batch": batch,
                              "steps_per_round": steps, "rounds": args.rounds,
                              "threads": args.threads, "key_bn_splits": args.key_bn_splits,
-                             "jit": args.jit, "seconds": seconds, "images_per_s": rate,
+                             "jit": args.jit, "sync_bn": args.sync_bn, "seconds": seconds, "images_per_s": rate,
                              "ratio": ratio, "encoder_macs_per_image": macs,
                              "step_flops_per_image": step_flops,
                              "torch": torch_reference.torch.__version__})

@@ -163,3 +163,27 @@ def test_keras_application_trains_resumes_and_exports_from_python(tmp_path, name
         f"saved {tmp_path / 'export' / 'saved_model'} {features}")
     loaded = tf.saved_model.load(str(tmp_path / "export" / "saved_model"))
     assert loaded.features(tf.zeros([1, 32, 32, 3])).shape == (1, features)
+
+
+def test_local_batch_norm_trains_as_keras_batch_norm_with_the_fused_kernel():
+    """--sync_bn=false: the fused kernel gives Keras' BN outputs, gradients and moving
+    statistics (the biased batch variance), and serialises as itself."""
+    x = tf.random.normal([4, 5, 5, 3], seed=0) * 3.0 + 1.0
+    fused = encoders.LocalBatchNormalization(momentum=0.9, epsilon=1e-5)
+    plain = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    for layer in (fused, plain):
+        layer.build(x.shape)
+        layer.gamma.assign([0.5, 1.0, 2.0])
+        layer.beta.assign([0.1, 0.0, -0.3])
+    results = []
+    for layer in (fused, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x, training=True)
+            loss = tf.reduce_sum(out * tf.range(3, dtype=tf.float32))
+        results.append((out, *tape.gradient(loss, [x, layer.gamma, layer.beta]),
+                        layer.moving_mean, layer.moving_variance))
+    for got, want in zip(*results):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+    assert type(fused.from_config(fused.get_config())) is encoders.LocalBatchNormalization
+    np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), atol=1e-5)
