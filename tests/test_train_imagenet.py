@@ -38,7 +38,9 @@ def _check_flagfile_kept(flagfile, saved, overridden):
         run = saved[name]
         if isinstance(run, list):
             assert run == value.split(","), name
-        elif isinstance(run, (int, float)) and not isinstance(run, bool):
+        elif isinstance(run, bool):
+            assert run == (value == "true"), name
+        elif isinstance(run, (int, float)):
             assert run == float(value), name
         else:
             assert str(run) == value, name
