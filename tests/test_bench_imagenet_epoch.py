@@ -52,7 +52,8 @@ def test_epoch_work_and_estimate_add_up():
     assert [level["flops"] for level in work["clustering_levels"]] == [
         clustering_scale.flops(imagenet_epoch.IMAGENET_TRAIN, k, 128, 20, 256)
         for k in (1000, 2000, 3000)]
-    assert work["knn"]["similarity"] == 2 * 50_000 * imagenet_epoch.IMAGENET_TRAIN * 2048
+    bank = cfg.monitor.knn_max_train or imagenet_epoch.IMAGENET_TRAIN  # imagenet.cfg: 100,000
+    assert work["knn"]["similarity"] == 2 * 50_000 * bank * 2048
     assert work["embedding_pass_needed"]  # center_view, the default
     cal = imagenet_epoch.calibration(macs["supervised"], 64, forward)
     for precision in ("tf32", "bf16"):
