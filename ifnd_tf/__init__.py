@@ -10,8 +10,9 @@ Modules, in the order the algorithm uses them:
   augment         the MoCo v2 augmentation
   encoders        backbones (ours, keras.applications, yours), the head, shuffle-BN
   model           MomentumContrast: the Keras model whose train_step is the MoCo v2 step
-  losses          InfoNCE with the false-negative mask (elimination / attraction)
-  detectors       false-negative detectors: the paper's cluster labels, the oracle, quantile
+  losses          InfoNCE with the false-negative mask (elimination / attraction), debiased
+  detectors       false-negative detectors: the paper's cluster labels, the oracle, quantile,
+                  FNC-style top-k, HCSC-style soft drop, GloFND's learned threshold
   clustering      k-means hierarchy, confidence, acceptance schedule
   pseudo_labels   PseudoLabelCallback: alpha from the schedule, the detector's refresh
   embedding       encoder outputs over a whole dataset, placed by index
