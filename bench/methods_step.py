@@ -20,21 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from bench import common
-from ifnd_tf import compare
+from ifnd_tf import cli, compare
 
 KS = (10, 20, 50)
 DEMO = {"backbone": "small", "image_size": 28, "batch_size": 256, "width_multiplier": 0.375}
-
-
-def _settings(flags: list[str]) -> dict:
-    """compare's variant flags as config changes (--ifnd=true, --fn_detector=top_k, ...)."""
-    changes = {}
-    for flag in flags:
-        name, value = flag[2:].split("=", 1)
-        changes[name] = {"true": True, "false": False}.get(value, value)
-    if "class_prior" in changes:
-        changes["class_prior"] = float(changes["class_prior"])
-    return changes
 
 
 def _largest_mask(moco) -> None:
@@ -69,7 +58,7 @@ def main() -> None:
     runs = {}
     for key in args.variants.split(","):
         name, _, flags = compare.BUILTIN_VARIANTS[key]
-        moco = common.build_moco(base.replace(**_settings(flags)), False, strategy,
+        moco = common.build_moco(base.replace(**cli.parse_flag_args(flags)), False, strategy,
                                  common.NUM_EXAMPLES)
         _largest_mask(moco)
         run = common.step_runner(moco, common.random_batch(DEMO["batch_size"],

@@ -17,6 +17,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _update_moving_statistics(layer: keras.layers.BatchNormalization, mean: tf.Tensor,
+                              variance: tf.Tensor) -> None:
+    """Keras' moving-average update of a BN layer's statistics, for the layers that compute
+    their own batch statistics."""
+    m = layer.momentum
+    layer.moving_mean.assign(layer.moving_mean * m + mean * (1.0 - m))
+    layer.moving_variance.assign(layer.moving_variance * m + variance * (1.0 - m))
+
+
 @keras.saving.register_keras_serializable(package="ifnd_tf")
 class GroupedBatchNormalization(keras.layers.BatchNormalization):
     """The key encoder's BatchNorm: in training it normalises each of `groups` equal slices of
@@ -40,8 +49,8 @@ class GroupedBatchNormalization(keras.layers.BatchNormalization):
         grouped = tf.reshape(x, tf.concat([[self.groups, -1], tf.shape(x)[1:]], 0))
         axes = list(range(1, len(x.shape)))  # all but the group and channel axes
         mean, variance = tf.nn.moments(grouped, axes, keepdims=True)
-        self._update_moving_statistics(tf.reshape(tf.reduce_mean(mean, 0), [-1]),
-                                       tf.reshape(tf.reduce_mean(variance, 0), [-1]))
+        _update_moving_statistics(self, tf.reshape(tf.reduce_mean(mean, 0), [-1]),
+                                  tf.reshape(tf.reduce_mean(variance, 0), [-1]))
         scale = tf.math.rsqrt(variance + self.epsilon)
         if self.scale:
             scale *= tf.cast(self.gamma, tf.float32)
@@ -50,11 +59,6 @@ class GroupedBatchNormalization(keras.layers.BatchNormalization):
             shift += tf.cast(self.beta, tf.float32)
         out = tf.reshape(grouped * scale + shift, tf.shape(x))
         return tf.cast(out, self.compute_dtype)
-
-    def _update_moving_statistics(self, mean: tf.Tensor, variance: tf.Tensor) -> None:
-        m = self.momentum
-        self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
-        self.moving_variance.assign(self.moving_variance * m + variance * (1.0 - m))
 
     def get_config(self):
         return {**super().get_config(), "groups": self.groups}
@@ -81,10 +85,7 @@ class LocalBatchNormalization(keras.layers.BatchNormalization):
             x, gamma, beta, epsilon=self.epsilon, is_training=True)
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
         variance = variance * (count - 1.0) / count  # the kernel's is Bessel-corrected
-        m = self.momentum
-        self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1.0 - m))
-        self.moving_variance.assign(
-            self.moving_variance * m + tf.stop_gradient(variance) * (1.0 - m))
+        _update_moving_statistics(self, mean, variance)
         return tf.cast(out, self.compute_dtype)
 
 

@@ -196,8 +196,7 @@ def test_every_detection_setting_resumes_exactly(tmp_path, settings):
     resumed = _train(killed, *short)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
-    changes = dict(setting[2:].split("=") for setting in settings)
-    _assert_same_run(killed, want, **{k: cli.FLAGS[k].parser.parse(v) for k, v in changes.items()})
+    _assert_same_run(killed, want, **cli.parse_flag_args(list(settings)))
 
 
 def test_sigterm_checkpoints_the_step_and_resumes_mid_epoch_exactly(tmp_path, uninterrupted):
